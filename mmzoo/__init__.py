@@ -1,0 +1,5 @@
+"""mmzoo: a multimodal model zoo of from-scratch transformers, trained with Lightning + Hydra."""
+from .models import create_model, get_model_config, list_models, register_model
+
+__version__ = "0.1.0"
+__all__ = ["create_model", "get_model_config", "list_models", "register_model", "__version__"]

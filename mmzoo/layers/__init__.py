@@ -1,0 +1,18 @@
+"""Shared building blocks: one vocabulary for every modality."""
+from .attention import Attention, KVCache, build_attn_mask, set_fused_attn, use_fused_attn
+from .block import Block, Transformer, build_blocks, run_blocks
+from .drop import DropPath, LayerScale, drop_path
+from .mlp import GEGLU, GluMlp, Mlp, SwiGLU, get_mlp_layer
+from .norm import LayerNorm, RMSNorm, get_norm_layer
+from .pos_embed import (RotaryEmbedding, resample_abs_pos_embed, sincos_2d_pos_embed,
+                        sinusoidal_pos_embed)
+from .patch_embed import PatchEmbed
+
+__all__ = [
+    "Attention", "KVCache", "build_attn_mask", "set_fused_attn", "use_fused_attn",
+    "Block", "Transformer", "build_blocks", "run_blocks", "DropPath", "LayerScale", "drop_path",
+    "Mlp", "GluMlp", "SwiGLU", "GEGLU", "get_mlp_layer",
+    "LayerNorm", "RMSNorm", "get_norm_layer",
+    "RotaryEmbedding", "resample_abs_pos_embed", "sincos_2d_pos_embed", "sinusoidal_pos_embed",
+    "PatchEmbed",
+]

@@ -1,0 +1,8 @@
+"""Model families of the zoo. Importing this package registers every preset."""
+from ._registry import (build_model, create_model, get_model_config, list_archs, list_models, register_arch,
+                        register_model)
+from . import vit  # noqa: F401  (registers presets)
+from .vit import VisionTransformer, ViTConfig
+
+__all__ = ["build_model", "create_model", "get_model_config", "list_archs", "list_models", "register_arch",
+           "register_model", "VisionTransformer", "ViTConfig"]
