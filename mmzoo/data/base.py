@@ -93,9 +93,12 @@ class BaseDataModule(L.LightningDataModule):
         return None
 
     def _loader(self, dataset: Dataset, batch_size: int, sampler, drop_last: bool) -> DataLoader:
+        # a private generator: creating an iterator then draws its worker seed from here, not from the
+        # global RNG that dropout uses (a resumed run re-creates iterators at other points in time)
+        generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.num_workers,
                           pin_memory=self.pin_memory, drop_last=drop_last, collate_fn=self.collate_fn(),
-                          persistent_workers=False)
+                          persistent_workers=False, generator=generator)
 
     # -- loaders ------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:

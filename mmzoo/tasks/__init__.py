@@ -1,0 +1,5 @@
+"""LightningModules: the only place that knows about optimizers, steps and logging."""
+from .base import BaseTask
+from .classification import ClassificationTask
+
+__all__ = ["BaseTask", "ClassificationTask"]

@@ -1,0 +1,140 @@
+"""What every mmzoo task shares: optimizer and schedule, checkpoint contents, RNG restore on resume,
+and the non-finite-loss guard. Concrete tasks implement ``training_step`` / ``validation_step``."""
+from __future__ import annotations
+
+import math
+import random
+from typing import Any, Optional
+
+import lightning as L
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..convert import MMZOO_KEY, model_metadata
+
+
+def param_groups_weight_decay(model: nn.Module, weight_decay: float,
+                              extra_no_decay: Optional[set[str]] = None) -> list[dict[str, Any]]:
+    """AdamW groups: no decay for 1-D params (norm weights, biases), embeddings, and the names a model
+    lists in ``no_weight_decay()`` (position embeddings, class tokens, CLIP's logit scale...)."""
+    skip = set(extra_no_decay or ())
+    for name, module in model.named_modules():
+        if hasattr(module, "no_weight_decay"):
+            prefix = f"{name}." if name else ""
+            skip |= {prefix + n for n in module.no_weight_decay()}
+        if isinstance(module, nn.Embedding):
+            skip.add(f"{name}.weight" if name else "weight")
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name in skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
+    """LR multiplier: linear warmup from ~0 to 1, then cosine decay to ``min_lr_ratio``."""
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def _rng_state() -> dict[str, Any]:
+    """Global RNG states as weights_only-loadable containers."""
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), *n[2:]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class BaseTask(L.LightningModule):
+    """Shared optimisation and checkpoint logic.
+
+    Args:
+        model: the network (built by ``mmzoo.create_model``).
+        lr: peak learning rate.
+        weight_decay: AdamW decoupled weight decay (not applied to norms, biases, embeddings...).
+        betas: AdamW betas.
+        eps: AdamW epsilon.
+        warmup_steps: linear warmup steps (if < 1, a fraction of the total steps).
+        min_lr_ratio: final LR / peak LR of the cosine decay.
+        total_steps: schedule length in optimizer steps (default: the trainer's estimate). Set it to
+            keep the schedule fixed when ``trainer.max_steps`` changes.
+        nonfinite: what to do on a NaN/inf loss: "error" (stop, naming the step) or "skip" (skip the
+            optimizer step and count it).
+    """
+
+    def __init__(self, model: nn.Module, lr: float = 1e-3, weight_decay: float = 0.05,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8, warmup_steps: float = 0.05,
+                 min_lr_ratio: float = 0.01, total_steps: Optional[int] = None, nonfinite: str = "error") -> None:
+        super().__init__()
+        if nonfinite not in ("error", "skip"):
+            raise ValueError(f"task.nonfinite must be 'error' or 'skip', got {nonfinite!r}")
+        self.model = model
+        self.save_hyperparameters(ignore=["model"])
+        self.nonfinite_steps = 0
+        self._rng_to_restore: Optional[dict[str, Any]] = None
+
+    # -- optimisation -------------------------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        groups = param_groups_weight_decay(self, hp.weight_decay)
+        fused = torch.cuda.is_available() and all(p.is_cuda for g in groups for p in g["params"])
+        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps,
+                                **({"fused": True} if fused else {"foreach": True}))
+        total = hp.total_steps or int(self.trainer.estimated_stepping_batches)
+        warmup = int(hp.warmup_steps * total) if hp.warmup_steps < 1 else int(hp.warmup_steps)
+        warmup = max(1, min(warmup, total))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: warmup_cosine(s, warmup, total, hp.min_lr_ratio))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def check_loss(self, loss: torch.Tensor) -> Optional[torch.Tensor]:
+        """Return ``loss`` if finite on every rank; otherwise stop or skip (``nonfinite``)."""
+        finite = torch.isfinite(loss.detach()).to(torch.int32)
+        if self.trainer is not None and self.trainer.world_size > 1:
+            finite = self.trainer.strategy.reduce(finite, reduce_op="min")  # every rank decides alike
+        if bool(finite):
+            return loss
+        step = self.global_step
+        if self.hparams.nonfinite == "error":
+            raise FloatingPointError(
+                f"non-finite loss ({loss.item()}) at global step {step} (epoch {self.current_epoch}); "
+                "lower task.lr, enable trainer.gradient_clip_val, or set task.nonfinite=skip")
+        self.nonfinite_steps += 1
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps), rank_zero_only=True)
+        return None  # Lightning skips backward and the optimizer step
+
+    # -- checkpoints --------------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[MMZOO_KEY] = model_metadata(self.model)
+        checkpoint["rng"] = _rng_state()
+        checkpoint["nonfinite_steps"] = self.nonfinite_steps
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self._rng_to_restore = checkpoint.get("rng")
+        self.nonfinite_steps = checkpoint.get("nonfinite_steps", 0)
+
+    def on_train_start(self) -> None:
+        # restore the RNG as it was when the checkpoint was written, so dropout / drop-path masks of a
+        # resumed run continue the uninterrupted run's stream
+        if self._rng_to_restore is not None:
+            _set_rng_state(self._rng_to_restore)
+            self._rng_to_restore = None

@@ -1,0 +1,60 @@
+"""Callbacks mmzoo adds to every run."""
+from __future__ import annotations
+
+import logging
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+log = logging.getLogger(__name__)
+
+
+class LogSamplePredictions(L.Callback):
+    """After each validation epoch, log the first validation images with their predicted and true
+    labels: a ``wandb.Table`` on W&B, an image grid with a caption on TensorBoard.
+
+    Works with any task that fills ``task.val_samples = (images, targets, predictions)`` and has
+    ``task.class_names``.
+
+    Args:
+        max_samples: images per table / grid.
+    """
+
+    def __init__(self, max_samples: int = 16) -> None:
+        self.max_samples = max_samples
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer: L.Trainer, task: L.LightningModule) -> None:
+        samples = getattr(task, "val_samples", None)
+        if samples is None or trainer.sanity_checking:
+            return
+        images, targets, preds = (t[: self.max_samples] for t in samples)
+        names = getattr(task, "class_names", None) or [str(i) for i in range(int(targets.max()) + 1)]
+        images = _to_display(images)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                import wandb
+
+                table = wandb.Table(columns=["image", "prediction", "target", "correct"])
+                for img, p, t in zip(images, preds.tolist(), targets.tolist()):
+                    table.add_data(wandb.Image(img.permute(1, 2, 0).numpy()), names[p], names[t], p == t)
+                logger.experiment.log({"val/samples": table, "trainer/global_step": trainer.global_step})
+            elif isinstance(logger, TensorBoardLogger):
+                from torchvision.utils import make_grid
+
+                grid = make_grid(images, nrow=8, padding=1)
+                logger.experiment.add_image("val/samples", grid, trainer.global_step)
+                text = " | ".join(f"{names[p]} ({names[t]})" for p, t in zip(preds.tolist(), targets.tolist()))
+                logger.experiment.add_text("val/sample_predictions (target)", text, trainer.global_step)
+
+
+def _to_display(images: torch.Tensor) -> torch.Tensor:
+    """Normalised images -> [0, 1] per image, 3 channels, for display."""
+    images = images.float()
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    flat = images.flatten(1)
+    lo, hi = flat.min(1).values[:, None, None, None], flat.max(1).values[:, None, None, None]
+    return (images - lo) / (hi - lo).clamp_min(1e-6)

@@ -1,0 +1,129 @@
+"""The training run behind ``train.py``: build data, model, task, trainer from a Hydra config, fit,
+test, and write ``metrics.json``.
+
+Run contract (relied on by scripts and later tools): the run directory is ``cfg.paths.output_dir``
+(``hydra.run.dir=DIR``); checkpoints go to ``DIR/checkpoints/`` with ``last.ckpt`` always present after
+a completed fit; final metrics are written to ``DIR/metrics.json`` and printed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from .models import create_model
+from .tasks.checkpoint_io import AtomicCheckpointIO
+
+log = logging.getLogger("mmzoo")
+
+AUTO = "auto"  # config value filled from the data module (num_classes, img_size, in_chans, class_names)
+
+
+def data_hints(dm: Any) -> dict[str, Any]:
+    """What a data module tells models and tasks about its data."""
+    hints = {}
+    for key, attr in (("num_classes", "num_classes"), ("img_size", "image_size"), ("in_chans", "in_chans"),
+                      ("class_names", "class_names")):
+        if hasattr(dm, attr):
+            value = getattr(dm, attr)
+            hints[key] = list(value) if isinstance(value, (tuple, list)) else value
+    return hints
+
+
+def resolve_auto(node: Any, hints: dict[str, Any], where: str) -> Any:
+    """Replace every ``auto`` value of a (nested) config dict by the data module's value of that key."""
+    if isinstance(node, dict):
+        out = {}
+        for key, value in node.items():
+            if value == AUTO:
+                if key not in hints:
+                    raise ValueError(f"{where}.{key} is 'auto' but the data module provides only "
+                                     f"{sorted(hints)}; set {where}.{key} explicitly")
+                value = hints[key]
+            else:
+                value = resolve_auto(value, hints, f"{where}.{key}")
+            out[key] = value
+        return out
+    return node
+
+
+def _instantiate_group(group: DictConfig | None) -> list[Any]:
+    """Instantiate each entry of a ``name: {_target_: ...}`` mapping (callbacks, loggers)."""
+    if not group:
+        return []
+    return [instantiate(c) for c in group.values() if c is not None and "_target_" in c]
+
+
+def _atomic_write_json(obj: dict[str, Any], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+
+
+def describe_parameters(model: torch.nn.Module) -> str:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return f"parameters: {trainable:,} trainable / {total:,} total ({100.0 * trainable / max(total, 1):.2f}%)"
+
+
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
+    """Data module and task (holding the model) from a composed config."""
+    dm = instantiate(cfg.data, _convert_="all")
+    hints = data_hints(dm)
+    model_kwargs = resolve_auto(OmegaConf.to_container(cfg.model, resolve=True), hints, "model")
+    name = model_kwargs.pop("name")
+    pretrained = model_kwargs.pop("pretrained", None)
+    model = create_model(name, pretrained=pretrained, **model_kwargs)
+    task_cfg = resolve_auto(OmegaConf.to_container(cfg.task, resolve=True), hints, "task")
+    task = instantiate(task_cfg, model=model, _convert_="all")
+    return dm, task
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit (and test) as configured; returns the final metrics also written to ``metrics.json``."""
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True)
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None and not Path(ckpt_path).is_file():
+        raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist; pass a checkpoint file such as "
+                                "DIR/checkpoints/last.ckpt")
+
+    dm, task = build(cfg)
+    callbacks = _instantiate_group(cfg.get("callbacks"))
+    loggers = _instantiate_group(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                     plugins=[AtomicCheckpointIO()])
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    for lg in trainer.loggers:
+        lg.log_hyperparams(resolved)
+    if trainer.is_global_zero:
+        log.info("model %s: %s", task.model.model_name, describe_parameters(task.model))
+        log.info("run directory: %s", out_dir)
+
+    trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
+    if trainer.interrupted:
+        raise KeyboardInterrupt("training was interrupted; the last checkpoint written is kept")
+    trainer.save_checkpoint(out_dir / "checkpoints" / "last.ckpt")
+
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    if cfg.get("test", True) and getattr(dm, "test_dataloader", None) is not None:
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
+        use_best = cfg.get("test_ckpt", "best") == "best" and best
+        results = trainer.test(task, datamodule=dm, ckpt_path=best if use_best else None, weights_only=True)
+        if results:
+            metrics.update({k: float(v) for k, v in results[0].items()})
+        metrics["test_checkpoint"] = best if use_best else "last"  # type: ignore[assignment]
+    metrics["global_step"] = trainer.global_step
+    if trainer.is_global_zero:
+        _atomic_write_json(metrics, out_dir / "metrics.json")
+        print(json.dumps(metrics, indent=2, sort_keys=True))
+    return metrics
