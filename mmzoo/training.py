@@ -16,6 +16,7 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from .models import create_model
@@ -99,6 +100,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     dm, task = build(cfg)
     callbacks = _instantiate_group(cfg.get("callbacks"))
+    if not cfg.trainer.get("enable_progress_bar", True):
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = _instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                      plugins=[AtomicCheckpointIO()])
