@@ -72,12 +72,15 @@ class GluMlp(nn.Module):
 
 
 def SwiGLU(in_features: int, hidden_features: Optional[int] = None, **kwargs) -> GluMlp:
-    """GluMlp with a SiLU gate (PaLM, LLaMA)."""
+    """GluMlp with a SiLU gate (PaLM, LLaMA). The gate is fixed by the name: an ``act_layer`` argument
+    (``Block`` always passes one) is ignored."""
+    kwargs.pop("act_layer", None)
     return GluMlp(in_features, hidden_features, act_layer=nn.SiLU, **kwargs)
 
 
 def GEGLU(in_features: int, hidden_features: Optional[int] = None, **kwargs) -> GluMlp:
-    """GluMlp with a GELU gate (T5 v1.1)."""
+    """GluMlp with a GELU gate (T5 v1.1). The gate is fixed by the name: ``act_layer`` is ignored."""
+    kwargs.pop("act_layer", None)
     return GluMlp(in_features, hidden_features, act_layer=nn.GELU, **kwargs)
 
 

@@ -1,8 +1,11 @@
 """Model families of the zoo. Importing this package registers every preset."""
 from ._registry import (build_model, create_model, get_model_config, list_archs, list_models, register_arch,
                         register_model)
-from . import vit  # noqa: F401  (registers presets)
+from . import clip, text, vit  # noqa: F401  (registers presets)
+from .clip import CLIP, CLIPConfig, CLIPOutput
+from .text import TextConfig, TextTransformer
 from .vit import VisionTransformer, ViTConfig
 
 __all__ = ["build_model", "create_model", "get_model_config", "list_archs", "list_models", "register_arch",
-           "register_model", "VisionTransformer", "ViTConfig"]
+           "register_model", "CLIP", "CLIPConfig", "CLIPOutput", "TextConfig", "TextTransformer",
+           "VisionTransformer", "ViTConfig"]

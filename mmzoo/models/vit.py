@@ -65,6 +65,10 @@ class ViTConfig:
     mlp_layer: str = "mlp"  # "mlp", "swiglu", "geglu"
     dynamic_img_size: bool = False  # accept other image sizes, resampling positions on the fly
 
+    def __post_init__(self) -> None:
+        if isinstance(self.img_size, list):  # Hydra / JSON / checkpoints give lists: keep the declared type
+            self.img_size = tuple(self.img_size)
+
 
 @register_arch("vit", ViTConfig)
 class VisionTransformer(nn.Module):
