@@ -1,0 +1,48 @@
+"""Sample-prediction logging to W&B (offline) and TensorBoard, and the W&B offline fallback."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+from lightning.pytorch.loggers import TensorBoardLogger
+
+from mmzoo.loggers import wandb_logger
+from mmzoo.tasks.callbacks import LogSamplePredictions
+
+
+def _fake(loggers):
+    task = SimpleNamespace(val_samples=(torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 1]),
+                                        torch.tensor([0, 2, 2, 1])), class_names=["zero", "one", "two"])
+    trainer = SimpleNamespace(loggers=loggers, sanity_checking=False, global_step=7)
+    return trainer, task
+
+
+def test_wandb_falls_back_to_offline_and_logs_a_table(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = wandb_logger(project="mmzoo-test", save_dir=str(tmp_path))
+    assert logger._offline
+    logged = []
+    monkeypatch.setattr(logger.experiment, "log", lambda data, **kw: logged.append(data))
+    trainer, task = _fake([logger])
+    LogSamplePredictions().on_validation_epoch_end(trainer, task)
+    table = logged[0]["val/samples"]
+    assert table.columns == ["image", "prediction", "target", "correct"]
+    assert [row[1:] for row in table.data] == [["zero", "zero", True], ["two", "one", False],
+                                               ["two", "two", True], ["one", "one", True]]
+    logger.experiment.finish()
+
+
+def test_tensorboard_gets_an_image_grid_and_captions(tmp_path):
+    logger = TensorBoardLogger(str(tmp_path), name="tb", version="")
+    trainer, task = _fake([logger])
+    LogSamplePredictions().on_validation_epoch_end(trainer, task)
+    logger.experiment.flush()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0, "tensors": 0})
+    acc.Reload()
+    assert "val/samples" in acc.Tags()["images"]
+    image = acc.Images("val/samples")[0]
+    assert image.step == 7 and image.width > 8
