@@ -11,7 +11,8 @@ from torch.utils.data import DataLoader, Dataset
 from .sampler import ResumableSampler
 
 
-def _sample_seed(seed: int, epoch: int, index: int) -> int:
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """A 63-bit seed for sample `index` of stream `epoch` (or split id) under `seed`."""
     # a cheap integer hash; distinct (seed, epoch, index) triples give unrelated streams
     h = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB) & (2**64 - 1)
     h ^= h >> 31
@@ -42,7 +43,8 @@ class SeededTransformDataset(Dataset):
         x, *rest = self.dataset[index]
         if self.transform is not None:
             with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(_sample_seed(self.seed, self.epoch, index))
+                # seed only the CPU generator: torch.manual_seed would also reseed (and not restore) CUDA's
+                torch.default_generator.manual_seed(sample_seed(self.seed, self.epoch, index))
                 x = self.transform(x)
         return (x, *rest)
 
@@ -161,3 +163,4 @@ class ImageClassificationDataModule(BaseDataModule):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+_sample_seed = sample_seed  # old name, kept until every caller is updated

@@ -1,0 +1,10 @@
+"""DataModules: built-in (shapes, digits) and on-disk (image folder, CIFAR-10) image classification."""
+from .base import BaseDataModule, ImageClassificationDataModule, SeededTransformDataset
+from .cifar10 import CIFAR10DataModule
+from .digits import DigitsDataModule
+from .image_folder import ImageFolderDataModule
+from .sampler import ResumableSampler
+from .shapes import ShapesDataModule
+
+__all__ = ["BaseDataModule", "ImageClassificationDataModule", "SeededTransformDataset", "ResumableSampler",
+           "ShapesDataModule", "DigitsDataModule", "ImageFolderDataModule", "CIFAR10DataModule"]

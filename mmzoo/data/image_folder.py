@@ -1,0 +1,216 @@
+"""Any folder of labelled images: ``root/{train,val,test}/<class>/<image>``.
+
+Unreadable files are handled in two places, chosen for cost:
+
+* **at scan** (``setup``), every file's header is parsed with ``PIL.Image.open`` (a few hundred bytes, no
+  pixel decode). This catches what usually goes wrong - empty files, interrupted downloads, HTML error
+  pages saved as ``.jpg``, wrong extensions - before training starts, so they can be skipped and counted
+  once. ``Image.verify()`` was rejected: it reads every file in full at every start and, for JPEG, checks
+  no more than the header does. ``check_files=False`` skips this pass for very large trees.
+* **at load**, a file whose header is fine but whose pixels do not decode (truncated data) raises with
+  ``strict=True``; otherwise the next readable sample of the split stands in (deterministic, so resume
+  stays exact) and one warning per process names it.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from lightning.pytorch.utilities import rank_zero_warn
+from PIL import Image
+from torch.utils.data import Dataset
+
+from .base import ImageClassificationDataModule, SeededTransformDataset
+from .transforms import IMAGENET_GREY_MEAN, IMAGENET_GREY_STD, IMAGENET_MEAN, IMAGENET_STD, TransformDataset, \
+    build_eval_transform, build_train_transform, stratified_split
+
+IMG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+LAYOUT = "<root>/train/<class>/<image>, optional <root>/val/<class>/<image> and <root>/test/<class>/<image>"
+
+
+class UnreadableImageError(ValueError):
+    """An image file that PIL cannot open or decode (raised with ``strict=True``)."""
+
+
+def _class_dirs(split_dir: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(split_dir) if e.is_dir() and not e.name.startswith("."))
+
+
+def _list_images(split_dir: Path, class_names: Sequence[str]) -> list[tuple[str, int]]:
+    """(path, label) of every image file below each class folder, in a sorted, reproducible order."""
+    samples = []
+    for label, name in enumerate(class_names):
+        for dirpath, _, filenames in sorted(os.walk(split_dir / name, followlinks=True)):
+            samples += [(os.path.join(dirpath, f), label) for f in sorted(filenames)
+                        if f.lower().endswith(IMG_EXTENSIONS) and not f.startswith(".")]
+    return samples
+
+
+def _header_error(path: str) -> Optional[str]:
+    try:
+        with Image.open(path):
+            return None
+    except Exception as e:  # PIL raises many types (UnidentifiedImageError, SyntaxError, struct.error...)
+        return f"{type(e).__name__}: {e}"
+
+
+class ImageFileDataset(Dataset):
+    """``(PIL image, label)`` for a list of ``(path, label)``; see the module docstring for bad files.
+
+    Args:
+        samples: (path, label) pairs.
+        mode: PIL mode to convert to ("RGB" or "L").
+        strict: raise :class:`UnreadableImageError` on a file that fails to decode instead of substituting.
+    """
+
+    def __init__(self, samples: Sequence[tuple[str, int]], mode: str = "RGB", strict: bool = False) -> None:
+        self.samples = list(samples)
+        self.mode = mode
+        self.strict = strict
+        self.load_failures: list[str] = []  # paths that failed to decode in this process
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _load(self, path: str) -> Image.Image:
+        with Image.open(path) as im:
+            return im.convert(self.mode)  # convert() decodes: truncated pixel data fails here
+
+    def __getitem__(self, index: int):
+        for offset in range(len(self.samples)):
+            path, label = self.samples[(index + offset) % len(self.samples)]
+            try:
+                return self._load(path), label
+            except Exception as e:
+                if self.strict:
+                    raise UnreadableImageError(f"cannot decode image {path} ({type(e).__name__}: {e}); remove "
+                                               f"it or set data.strict=false to skip unreadable files") from e
+                if path not in self.load_failures:
+                    if not self.load_failures:
+                        warnings.warn(f"cannot decode image {path} ({type(e).__name__}: {e}); using the next "
+                                      f"readable sample instead (further failures are not reported)")
+                    self.load_failures.append(path)
+        raise UnreadableImageError(f"none of the {len(self.samples)} images of this split can be decoded")
+
+
+class ImageFolderDataModule(ImageClassificationDataModule):
+    """Image classification from a folder tree (``root/train/<class>/<image>`` ...).
+
+    Without ``root/val`` a stratified ``val_fraction`` of train (from ``seed``) is held out; without
+    ``root/test`` the test split is the validation split. Classes are the sorted folder names of
+    ``root/train``. Images are decoded by PIL, resized (shorter side) and center cropped for evaluation;
+    training uses a random resized crop (``crop_scale``) and a horizontal flip.
+
+    Args:
+        batch_size, num_workers, seed, pin_memory, eval_batch_size: see :class:`BaseDataModule`.
+        root: dataset folder.
+        image_size: side fed to the model.
+        in_chans: 3 (RGB) or 1 (grey).
+        val_fraction: share of train held out when there is no ``val`` folder.
+        mean, std: normalisation (default: ImageNet's, averaged over RGB for one channel).
+        augment: random crop + flip for training (off: evaluation preprocessing).
+        crop_scale: area range of the random resized crop.
+        strict: raise on an unreadable image instead of skipping it.
+        check_files: parse every file's header at setup (see the module docstring).
+    """
+
+    def __init__(self, batch_size: int = 64, num_workers: int = 0, seed: int = 0, pin_memory: bool = False,
+                 eval_batch_size: Optional[int] = None, root: Union[str, Path] = "data/images",
+                 image_size: int = 224, in_chans: int = 3, val_fraction: float = 0.1,
+                 mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
+                 augment: bool = True, crop_scale: tuple[float, float] = (0.6, 1.0), strict: bool = False,
+                 check_files: bool = True) -> None:
+        super().__init__(batch_size, num_workers, seed, pin_memory, eval_batch_size)
+        if in_chans not in (1, 3):
+            raise ValueError(f"data.in_chans must be 1 (grey) or 3 (RGB), got {in_chans}")
+        self.root = Path(root).expanduser()
+        train_dir = self.root / "train"
+        for folder, what in ((self.root, "dataset root"), (train_dir, "training folder")):
+            if not folder.is_dir():
+                raise FileNotFoundError(f"{what} {folder} does not exist; expected the layout {LAYOUT}")
+        self.class_names = _class_dirs(train_dir)
+        if not self.class_names:
+            raise FileNotFoundError(f"no class folders in {train_dir}; expected the layout {LAYOUT}")
+        for split in ("val", "test"):
+            if (self.root / split).is_dir():
+                other = _class_dirs(self.root / split)
+                if other != self.class_names:
+                    only_train = sorted(set(self.class_names) - set(other))
+                    only_other = sorted(set(other) - set(self.class_names))
+                    raise ValueError(f"class folders of {self.root / split} differ from {train_dir}: only in "
+                                     f"train: {only_train}, only in {split}: {only_other}")
+        if not (self.root / "val").is_dir() and not 0 < val_fraction < 1:
+            raise ValueError(f"{self.root} has no val folder, so data.val_fraction must be in (0, 1), "
+                             f"got {val_fraction}")
+        self.image_size = image_size
+        self.in_chans = in_chans
+        self.val_fraction = val_fraction
+        grey = in_chans == 1
+        self.mean = tuple(mean) if mean is not None else (IMAGENET_GREY_MEAN if grey else IMAGENET_MEAN)
+        self.std = tuple(std) if std is not None else (IMAGENET_GREY_STD if grey else IMAGENET_STD)
+        if len(self.mean) != in_chans or len(self.std) != in_chans:
+            raise ValueError(f"data.mean/std need {in_chans} values, got {list(self.mean)} / {list(self.std)}")
+        self.augment = augment
+        self.crop_scale = tuple(crop_scale)
+        self.strict = strict
+        self.check_files = check_files
+        self.skipped_files: list[str] = []  # unreadable files dropped at scan
+
+    @property
+    def num_skipped(self) -> int:
+        return len(self.skipped_files)
+
+    def _scan(self, split: str) -> list[tuple[str, int]]:
+        samples = _list_images(self.root / split, self.class_names)
+        if self.check_files:
+            good = []
+            for path, label in samples:
+                err = _header_error(path)
+                if err is None:
+                    good.append((path, label))
+                elif self.strict:
+                    raise UnreadableImageError(f"cannot read image {path} ({err}); remove it or set "
+                                               f"data.strict=false to skip unreadable files")
+                else:
+                    self.skipped_files.append(path)
+            samples = good
+        return samples
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        if self.train_set is not None:
+            return
+        self.skipped_files = []
+        train = self._scan("train")
+        empty = sorted(set(self.class_names) - {self.class_names[y] for _, y in train})
+        if empty:
+            raise FileNotFoundError(f"no readable images ({', '.join(IMG_EXTENSIONS)}) for classes {empty} in "
+                                    f"{self.root / 'train'}")
+        if (self.root / "val").is_dir():
+            val = self._scan("val")
+        else:
+            n_val = max(1, round(self.val_fraction * len(train)))
+            if n_val >= len(train):
+                raise ValueError(f"{self.root / 'train'} has {len(train)} images: too few to hold out "
+                                 f"data.val_fraction={self.val_fraction} for validation")
+            train_idx, val_idx = stratified_split([y for _, y in train], [len(train) - n_val, n_val], self.seed)
+            train, val = [train[i] for i in train_idx.tolist()], [train[i] for i in val_idx.tolist()]
+        test = self._scan("test") if (self.root / "test").is_dir() else None
+        if self.skipped_files:
+            shown = ", ".join(self.skipped_files[:5]) + (" ..." if self.num_skipped > 5 else "")
+            rank_zero_warn(f"skipped {self.num_skipped} unreadable image file(s) under {self.root}: {shown} "
+                           f"(set data.strict=true to stop on them)")
+
+        mode = "L" if self.in_chans == 1 else "RGB"
+        eval_tf = build_eval_transform(self.image_size, self.mean, self.std)
+        train = ImageFileDataset(train, mode, self.strict)
+        if self.augment:
+            train_tf = build_train_transform(self.image_size, self.mean, self.std, crop="resized",
+                                             scale=self.crop_scale)
+            self.train_set = SeededTransformDataset(train, train_tf, self.seed)
+        else:
+            self.train_set = TransformDataset(train, eval_tf)
+        self.val_set = TransformDataset(ImageFileDataset(val, mode, self.strict), eval_tf)
+        self.test_set = TransformDataset(ImageFileDataset(test, mode, self.strict), eval_tf) if test is not None \
+            else self.val_set
