@@ -28,13 +28,16 @@ AUTO = "auto"  # config value filled from the data module (num_classes, img_size
 
 
 def data_hints(dm: Any) -> dict[str, Any]:
-    """What a data module tells models and tasks about its data."""
+    """What a data module tells models and tasks about its data (config key -> value)."""
     hints = {}
     for key, attr in (("num_classes", "num_classes"), ("img_size", "image_size"), ("in_chans", "in_chans"),
-                      ("class_names", "class_names")):
+                      ("class_names", "class_names"), ("context_length", "context_length")):
         if hasattr(dm, attr):
             value = getattr(dm, attr)
             hints[key] = list(value) if isinstance(value, (tuple, list)) else value
+    tokenizer = getattr(dm, "tokenizer", None)
+    if tokenizer is not None:
+        hints["vocab_size"] = tokenizer.vocab_size
     return hints
 
 

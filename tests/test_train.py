@@ -141,3 +141,31 @@ def test_ddp_two_processes_equal_one_process_with_double_batch(tmp_path):
     assert ddp.keys() == single.keys()
     for key in single:
         torch.testing.assert_close(ddp[key], single[key], atol=1e-5, rtol=0, msg=key)
+
+
+def test_clip_trains_and_zeroshot_cli_classifies_any_labelled_data(train_cfg, tmp_path):
+    """model=clip on the built-in captions, then `mmzoo.zeroshot` on the same and on digits."""
+    from hydra import compose, initialize_config_dir
+
+    from mmzoo.zeroshot import run as zeroshot_run
+
+    cfg = train_cfg("model=clip", "model.name=clip_nano", "debug=limit", "data.num_train=512", "data.num_val=128",
+                    "data.num_test=128", "data.num_zeroshot=96", "data.image_size=32", "data.context_length=16")
+    metrics = train(cfg)
+    for key in ("test/zeroshot_top1_heldout", "test/zeroshot_top1_seen", "test/i2t_R@1", "test/t2i_R@10"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    ckpt = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    conf_dir = str(ROOT / "configs")
+    for data, extra in (("shapes_captions", ["data.num_zeroshot=96", "data.image_size=32", "data.num_train=128",
+                                              "data.num_val=128", "data.num_test=128"]),
+                        ("digits", [])):
+        out = tmp_path / f"zs_{data}"
+        with initialize_config_dir(config_dir=conf_dir, version_base="1.3"):
+            zcfg = compose("zeroshot", overrides=[f"ckpt_path={ckpt}", f"data={data}", f"paths.output_dir={out}",
+                                                  "device=cpu", *extra])
+        res = zeroshot_run(zcfg)
+        saved = json.loads((out / "zeroshot.json").read_text())
+        assert saved["top1"] == pytest.approx(res["top1"]) and 0.0 <= saved["top1"] <= 1.0
+        assert len(saved["per_class"]) == saved["num_classes"]
+        assert (out / "confusion.png").stat().st_size > 1000
+    assert saved["num_classes"] == 10 and saved["num_samples"] == 359  # digits test split (20% of 1,797)

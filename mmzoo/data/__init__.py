@@ -1,10 +1,12 @@
-"""DataModules: built-in (shapes, digits) and on-disk (image folder, CIFAR-10) image classification."""
+"""DataModules: built-in (shapes, digits, shapes_captions) and on-disk (image folder, CIFAR-10, captions) data."""
 from .base import BaseDataModule, ImageClassificationDataModule, SeededTransformDataset
 from .cifar10 import CIFAR10DataModule
 from .digits import DigitsDataModule
 from .image_folder import ImageFolderDataModule
 from .sampler import ResumableSampler
 from .shapes import ShapesDataModule
+from .shapes_captions import ShapesCaptionsDataModule
 
 __all__ = ["BaseDataModule", "ImageClassificationDataModule", "SeededTransformDataset", "ResumableSampler",
-           "ShapesDataModule", "DigitsDataModule", "ImageFolderDataModule", "CIFAR10DataModule"]
+           "ShapesDataModule", "DigitsDataModule", "ImageFolderDataModule", "CIFAR10DataModule",
+           "ShapesCaptionsDataModule"]

@@ -163,4 +163,3 @@ class ImageClassificationDataModule(BaseDataModule):
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
-_sample_seed = sample_seed  # old name, kept until every caller is updated

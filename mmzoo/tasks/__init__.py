@@ -1,5 +1,6 @@
 """LightningModules: the only place that knows about optimizers, steps and logging."""
 from .base import BaseTask
 from .classification import ClassificationTask
+from .contrastive import ContrastiveTask
 
-__all__ = ["BaseTask", "ClassificationTask"]
+__all__ = ["BaseTask", "ClassificationTask", "ContrastiveTask"]

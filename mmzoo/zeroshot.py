@@ -1,0 +1,110 @@
+"""Zero-shot classification CLI: ``python -m mmzoo.zeroshot ckpt_path=CKPT data=digits``.
+
+Builds a text classifier from prompt templates x class names, classifies the images of any mmzoo
+classification data module, reports top-1 / top-5 / per-class accuracy, and writes ``zeroshot.json`` and
+``confusion.png`` to the run directory (``hydra.run.dir``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+
+log = logging.getLogger("mmzoo")
+
+
+def _load_model(cfg: DictConfig) -> torch.nn.Module:
+    from mmzoo import create_model
+
+    if cfg.ckpt_path is not None:
+        return create_model(cfg.model, pretrained=cfg.ckpt_path)
+    if cfg.model is None:
+        raise ValueError("pass ckpt_path=CKPT (an mmzoo checkpoint) or model=PRESET pretrained=WEIGHTS")
+    return create_model(cfg.model, pretrained=cfg.pretrained)
+
+
+def _save_confusion_png(confusion: torch.Tensor, names: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(names)
+    size = max(4.0, min(0.25 * n + 2, 24.0))
+    fig, ax = plt.subplots(figsize=(size, size))
+    norm = confusion.float() / confusion.sum(1, keepdim=True).clamp_min(1)
+    ax.imshow(norm.numpy(), cmap="viridis", vmin=0, vmax=1)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if n <= 60:
+        ax.set_xticks(range(n), names, rotation=90, fontsize=6)
+        ax.set_yticks(range(n), names, fontsize=6)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate as configured; returns the metrics also written to ``zeroshot.json``."""
+    from mmzoo.data.tokenizer import get_tokenizer
+    from mmzoo.tasks.zeroshot import DEFAULT_TEMPLATES, build_zeroshot_classifier, load_templates, zeroshot_evaluate
+
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    model = _load_model(cfg).to(device).eval()
+    if not hasattr(model, "encode_text"):
+        raise ValueError(f"{getattr(model, 'model_name', type(model).__name__)} has no text tower; zero-shot "
+                         "classification needs an image-text model (clip_*, coca_*)")
+    dm = instantiate(cfg.data, _convert_="all")
+    dm.setup("test")
+    names = list(getattr(dm, "class_names", []) or [])
+    if not names:
+        raise ValueError(f"{type(dm).__name__} provides no class_names to build prompts from")
+    if cfg.tokenizer is not None:
+        tokenizer = get_tokenizer(cfg.tokenizer)
+    else:
+        tokenizer = getattr(dm, "tokenizer", None) or get_tokenizer("clip")
+    if cfg.templates is not None:
+        templates = load_templates(cfg.templates)
+    else:
+        templates = list(getattr(dm, "zeroshot_templates", None) or DEFAULT_TEMPLATES)
+    if hasattr(dm, "zeroshot_dataloader"):
+        loader = dm.zeroshot_dataloader(cfg.split)
+    else:
+        loader = dm.test_dataloader() if cfg.split == "test" else dm.val_dataloader()
+    context_length = model.cfg.text.context_length
+    classifier = build_zeroshot_classifier(model, tokenizer, names, templates, context_length)
+    res = zeroshot_evaluate(model, classifier, loader, num_classes=len(names))
+
+    metrics = {k: v for k, v in res.items() if k not in ("per_class", "confusion")}
+    metrics["per_class"] = dict(zip(names, res["per_class"]))
+    metrics["num_classes"] = len(names)
+    metrics["chance"] = 1.0 / len(names)
+    metrics["templates"] = templates
+    metrics["split"] = cfg.split
+    tmp = out_dir / f".zeroshot.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
+    os.replace(tmp, out_dir / "zeroshot.json")
+    _save_confusion_png(res["confusion"], names, out_dir / "confusion.png")
+    summary = {k: metrics[k] for k in ("top1", "top5", "top1_seen", "top1_heldout", "chance", "num_samples")
+               if k in metrics}
+    print(json.dumps(summary, indent=2))
+    log.info("wrote %s and %s", out_dir / "zeroshot.json", out_dir / "confusion.png")
+    return metrics
+
+
+@hydra.main(version_base="1.3", config_path="../configs", config_name="zeroshot")
+def main(cfg: DictConfig) -> None:
+    run(cfg)
+
+
+if __name__ == "__main__":
+    main()
