@@ -158,7 +158,7 @@ def test_config_round_trips_through_checkpoint_metadata():
     meta = model_metadata(model)
     assert meta["arch"] == "clip" and meta["model_name"] == "clip_micro"
     assert config_from_dict("clip", meta["config"]) == model.cfg
-    assert model.visual.patch_embed.grid_size == (16, 16) and model.text.pos_embed.shape == (1, 24, 128)
+    assert model.visual.patch_embed.grid_size == (8, 8) and model.text.pos_embed.shape == (1, 24, 128)
 
 
 def test_grad_checkpointing_matches(nano, batch):
