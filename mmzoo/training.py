@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,10 @@ from .models import create_model
 from .tasks.checkpoint_io import AtomicCheckpointIO
 
 log = logging.getLogger("mmzoo")
+
+# mmzoo data modules resume mid-epoch through their own state_dict (see mmzoo.data.base); Lightning only
+# checks the DataLoader object and would warn on every mid-epoch resume
+warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
 
 AUTO = "auto"  # config value filled from the data module (num_classes, img_size, in_chans, class_names)
 

@@ -154,9 +154,10 @@ def fit_state_dict(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, t
         if k not in own or own[k].shape == v.shape:
             out[k] = v
             continue
-        if k.endswith("pos_embed") and v.dim() == 3 and hasattr(model, "patch_embed"):
-            npt = getattr(model, "num_prefix_tokens", 0)
-            out[k] = resample_abs_pos_embed(v, model.patch_embed.grid_size, num_prefix_tokens=npt)
+        owner = model.get_submodule(k.rpartition(".")[0])  # the module holding this parameter
+        if k.endswith("pos_embed") and v.dim() == 3 and hasattr(owner, "patch_embed"):
+            npt = getattr(owner, "num_prefix_tokens", 0)
+            out[k] = resample_abs_pos_embed(v, owner.patch_embed.grid_size, num_prefix_tokens=npt)
             log.info("resampled %s from %s to %s", k, tuple(v.shape), tuple(out[k].shape))
         elif k.split(".")[0] in ("head", "fc"):
             log.warning("not loading %s: shape %s in the checkpoint, %s in the model (new classifier)",

@@ -196,3 +196,17 @@ def test_parameter_count_matches_open_clip(name, oc_name):
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(ours) == count(ref)
     assert count(ours.visual) + count(ours.visual_proj) == count(ref.visual)
+
+
+def test_mmzoo_checkpoint_loads_into_clip_of_another_image_size(tmp_path):
+    """The vision tower's position grid is resampled when a checkpoint is loaded at another size."""
+    from mmzoo.convert import MMZOO_KEY, model_metadata
+
+    src = mmzoo.create_model("clip_nano")
+    path = tmp_path / "clip.ckpt"
+    torch.save({MMZOO_KEY: model_metadata(src), "state_dict": {f"model.{k}": v for k, v in src.state_dict().items()}},
+               path)
+    big = mmzoo.create_model("clip_nano", pretrained=path, vision={"img_size": 64})
+    assert big.visual.pos_embed.shape == (1, 1 + 8 * 8, 64)
+    torch.testing.assert_close(big.text.token_embed.weight, src.text.token_embed.weight)
+    assert torch.isfinite(big.encode_image(torch.randn(1, 3, 64, 64))).all()
