@@ -1,5 +1,7 @@
 """DataModules: built-in (shapes, digits, shapes_captions) and on-disk (image folder, CIFAR-10, captions) data."""
 from .base import BaseDataModule, ImageClassificationDataModule, SeededTransformDataset
+from .captions import (CaptionsDataModule, CocoCaptionsDataModule, CsvCaptionsDataModule,
+                       WebDatasetCaptionsDataModule)
 from .cifar10 import CIFAR10DataModule
 from .digits import DigitsDataModule
 from .image_folder import ImageFolderDataModule
@@ -9,4 +11,5 @@ from .shapes_captions import ShapesCaptionsDataModule
 
 __all__ = ["BaseDataModule", "ImageClassificationDataModule", "SeededTransformDataset", "ResumableSampler",
            "ShapesDataModule", "DigitsDataModule", "ImageFolderDataModule", "CIFAR10DataModule",
-           "ShapesCaptionsDataModule"]
+           "ShapesCaptionsDataModule", "CaptionsDataModule", "CsvCaptionsDataModule", "WebDatasetCaptionsDataModule",
+           "CocoCaptionsDataModule"]

@@ -38,7 +38,6 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .base import BaseDataModule, sample_seed
-from .sampler import ResumableSampler
 from .shapes import CLASS_NAMES as SHAPES
 from .shapes import MEAN, STD, _sdf_unit
 from .tokenizer import Tokenizer, get_tokenizer
@@ -458,14 +457,13 @@ class ShapesCaptionsDataModule(BaseDataModule):
 
     def zeroshot_dataloader(self, split: str = "test") -> DataLoader:
         """Single-object images, labels cycling through all classes; ``{"image", "label", "heldout"}``
-        batches of ``eval_batch_size``, in order, sharded by rank like the val/test loaders."""
+        batches of ``eval_batch_size``, in order. Every rank gets the whole (small) set, so each computes
+        the same accuracy and nothing needs gathering."""
         if split not in ("val", "test"):
             raise ValueError(f"unknown zero-shot split {split!r}; valid choices: ['val', 'test']")
         if split not in self._zeroshot_sets:
             self._zeroshot_sets[split] = self._dataset(split, self.num_zeroshot, zeroshot=True)
         dataset = self._zeroshot_sets[split]
-        rank, world = self._rank_world()
-        sampler = ResumableSampler(len(dataset), shuffle=False, num_replicas=world, rank=rank, drop_last=False)
-        return DataLoader(dataset, batch_size=self.eval_batch_size, sampler=sampler, num_workers=self.num_workers,
+        return DataLoader(dataset, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.num_workers,
                           pin_memory=self.pin_memory, collate_fn=collate_zeroshot, persistent_workers=False,
                           generator=torch.Generator().manual_seed(self.seed))
