@@ -58,7 +58,6 @@ import posixpath
 import re
 import tarfile
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional, Sequence, Union
 
@@ -69,7 +68,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .base import BaseDataModule, SeededTransformDataset
 from .image_folder import ImageFileDataset, UnreadableImageError, _header_error
-from .tokenizer import DEFAULT_CONTEXT_LENGTH, Tokenizer, get_tokenizer
+from .tokenizer import DEFAULT_CONTEXT_LENGTH, Tokenizer, TextDataMixin
 from .transforms import TransformDataset, build_eval_transform, build_train_transform, stratified_split
 
 # OpenAI CLIP's normalisation (open_clip's OPENAI_DATASET_MEAN / _STD)
@@ -181,12 +180,6 @@ class RetrievalTargets:
     images: list[str]  # per image, its file (or shard:member)
 
 
-@lru_cache(maxsize=4)
-def _load_tokenizer(name_or_path: str) -> Tokenizer:
-    # CLIP's BPE is shared by the data modules of a process (read-only)
-    return get_tokenizer(name_or_path)
-
-
 def _group_by_image(records: Sequence[CaptionRecord]) -> dict[ImageRef, list[int]]:
     """Record indices per image, images in first-seen order, captions in record order."""
     groups: dict[ImageRef, list[int]] = {}
@@ -200,7 +193,7 @@ def _group_by_image(records: Sequence[CaptionRecord]) -> dict[ImageRef, list[int
 # ----------------------------------------------------------------------------------------------------
 
 
-class CaptionsDataModule(BaseDataModule):
+class CaptionsDataModule(TextDataMixin, BaseDataModule):
     """Image-text pairs for contrastive training; base of the per-format modules (module docstring).
 
     Subclasses implement ``_read(split)``: the split's records from its own source, or None when it has
@@ -276,18 +269,6 @@ class CaptionsDataModule(BaseDataModule):
                              f"{self.val_fraction}")
 
     # -- what models / tasks read -------------------------------------------------------------------
-    @property
-    def tokenizer(self) -> Tokenizer:
-        return _load_tokenizer(self.tokenizer_name)
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.vocab_size
-
-    def tokenize(self, texts: Union[str, Sequence[str]]) -> torch.Tensor:
-        """LongTensor (N, context_length), as in the batches' ``text``."""
-        return self.tokenizer(texts, self.context_length)
-
     @property
     def class_names(self) -> list[str]:
         """Sorted labels of labelled data (CSV ``label_key``); empty otherwise (no zero-shot eval)."""

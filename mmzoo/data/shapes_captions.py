@@ -31,7 +31,6 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any, Callable, Optional, Sequence
 
 import torch
@@ -40,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset
 from .base import BaseDataModule, sample_seed
 from .shapes import CLASS_NAMES as SHAPES
 from .shapes import MEAN, STD, _sdf_unit
-from .tokenizer import Tokenizer, get_tokenizer
+from .tokenizer import Tokenizer, TextDataMixin
 
 # six hues 60 degrees apart on the colour wheel; no colour or shape starts with a vowel, so "a {}" is
 # always grammatical. Each RGB has one channel <= 0.15 and one >= 0.75: any grey background differs from
@@ -357,13 +356,7 @@ def collate_zeroshot(items: Sequence[tuple]) -> dict[str, torch.Tensor]:
             "heldout": torch.tensor(heldout, dtype=torch.bool)}
 
 
-@lru_cache(maxsize=4)
-def _load_tokenizer(name_or_path: str) -> Tokenizer:
-    # loading CLIP's BPE takes seconds; data modules of one process share the (read-only) tokenizer
-    return get_tokenizer(name_or_path)
-
-
-class ShapesCaptionsDataModule(BaseDataModule):
+class ShapesCaptionsDataModule(TextDataMixin, BaseDataModule):
     """Procedural captioned scenes of coloured shapes for contrastive image-text training, with held-out
     colour-shape compositions for zero-shot evaluation (see the module docstring).
 
@@ -424,18 +417,6 @@ class ShapesCaptionsDataModule(BaseDataModule):
     def heldout_classes(self) -> list[int]:
         """Labels (indices into ``class_names``) of the held-out compositions."""
         return list(HELDOUT_CLASSES)
-
-    @property
-    def tokenizer(self) -> Tokenizer:
-        return _load_tokenizer(self.tokenizer_name)
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.vocab_size
-
-    def tokenize(self, texts: Sequence[str] | str) -> torch.Tensor:
-        """LongTensor (N, context_length), as in the batches' ``text``."""
-        return self.tokenizer(texts, self.context_length)
 
     def zeroshot_prompts(self, templates: Sequence[str] = ZEROSHOT_TEMPLATES) -> list[list[str]]:
         """``prompts[c][t]``: template ``t`` filled with class name ``c``."""

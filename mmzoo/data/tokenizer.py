@@ -15,6 +15,7 @@ classes are built once from ``unicodedata`` (so their Unicode version is that of
 """
 from __future__ import annotations
 
+
 import gzip
 import heapq
 import html
@@ -656,3 +657,29 @@ def get_tokenizer(name_or_path: Union[str, os.PathLike], context_length: Optiona
     if context_length is not None:
         tok.context_length = context_length
     return tok
+
+
+@lru_cache(maxsize=4)
+def shared_tokenizer(name_or_path: str) -> Tokenizer:
+    """:func:`get_tokenizer`, loaded once per process (reading CLIP's BPE takes seconds); read-only."""
+    return get_tokenizer(name_or_path)
+
+
+class TextDataMixin:
+    """Tokenizer access for data modules with captions; they set ``tokenizer_name`` ("clip" or a BPE
+    .json path) and ``context_length`` in ``__init__``."""
+
+    tokenizer_name: str
+    context_length: int
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return shared_tokenizer(self.tokenizer_name)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    def tokenize(self, texts: Union[str, Sequence[str]]) -> torch.Tensor:
+        """LongTensor (N, context_length), as in the batches' ``text``."""
+        return self.tokenizer(texts, self.context_length)
