@@ -237,6 +237,9 @@ def _fix_text(text: str) -> str:
 
 
 def _default_clip_bpe_path() -> Path:
+    shipped = Path(__file__).parent / "assets" / CLIP_BPE_FILENAME  # mmzoo's own copy (package data)
+    if shipped.is_file():
+        return shipped
     spec = importlib.util.find_spec("open_clip")  # locates the package without importing it
     if spec is not None and spec.origin is not None:
         path = Path(spec.origin).parent / CLIP_BPE_FILENAME
@@ -252,7 +255,7 @@ class ClipTokenizer(Tokenizer):
     """CLIP's lower-cased BPE tokenizer (49408 ids), reading ``bpe_simple_vocab_16e6.txt.gz``.
 
     Args:
-        bpe_path: the gzipped merges file; default: the copy shipped by the installed open_clip package.
+        bpe_path: the gzipped merges file; default: the copy shipped with mmzoo (or open_clip's).
         context_length: default row length of ``__call__``.
         use_ftfy: clean text with ``ftfy.fix_text`` exactly as open_clip does (needs ``ftfy``). The
             default uses `_fix_text`, the same fixes minus mojibake repair, so mmzoo need not depend on

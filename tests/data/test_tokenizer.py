@@ -141,6 +141,9 @@ def test_clip_missing_vocabulary_errors(tmp_path, monkeypatch):
     missing = tmp_path / "nope.txt.gz"
     with pytest.raises(FileNotFoundError, match="nope.txt.gz"):
         ClipTokenizer(bpe_path=missing)
+    # the default is mmzoo's packaged copy, so model=clip needs no other package
+    assert tokenizer_module._default_clip_bpe_path().parent.name == "assets"
+    monkeypatch.setattr(tokenizer_module, "CLIP_BPE_FILENAME", "absent.txt.gz")
     monkeypatch.setattr(tokenizer_module.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(FileNotFoundError, match="bpe_path"):
         ClipTokenizer()
