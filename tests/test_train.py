@@ -169,3 +169,12 @@ def test_clip_trains_and_zeroshot_cli_classifies_any_labelled_data(train_cfg, tm
         assert len(saved["per_class"]) == saved["num_classes"]
         assert (out / "confusion.png").stat().st_size > 1000
     assert saved["num_classes"] == 10 and saved["num_samples"] == 359  # digits test split (20% of 1,797)
+
+
+def test_coca_trains_and_reports_caption_correctness(train_cfg):
+    cfg = train_cfg("model=coca", "model.name=coca_nano", "debug=limit", "data.num_train=512", "data.num_val=128",
+                    "data.num_test=128", "data.num_zeroshot=96", "data.image_size=32", "data.context_length=16")
+    metrics = train(cfg)
+    for key in ("test/caption_all_correct", "test/caption_loss", "test/zeroshot_top1_heldout", "test/i2t_R@1"):
+        assert 0.0 <= metrics[key] < 20.0, key
+    assert metrics["train/caption_loss"] > 0

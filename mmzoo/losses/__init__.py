@@ -1,5 +1,6 @@
 """Losses: tensors in, a scalar (or a dict of scalars) out. Distributed gathering lives here too."""
+from .coca import CoCaLoss
 from .contrastive import ContrastiveLogits, ContrastiveLoss
 from .distributed import all_gather_no_grad, all_gather_with_grad, dist_info
 
-__all__ = ["ContrastiveLogits", "ContrastiveLoss", "all_gather_no_grad", "all_gather_with_grad", "dist_info"]
+__all__ = ["CoCaLoss", "ContrastiveLogits", "ContrastiveLoss", "all_gather_no_grad", "all_gather_with_grad", "dist_info"]

@@ -1,6 +1,7 @@
 """LightningModules: the only place that knows about optimizers, steps and logging."""
 from .base import BaseTask
+from .captioning import CaptioningTask
 from .classification import ClassificationTask
 from .contrastive import ContrastiveTask
 
-__all__ = ["BaseTask", "ClassificationTask", "ContrastiveTask"]
+__all__ = ["BaseTask", "CaptioningTask", "ClassificationTask", "ContrastiveTask"]
