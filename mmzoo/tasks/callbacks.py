@@ -32,7 +32,7 @@ class LogSamplePredictions(L.Callback):
             return
         images, targets, preds = (t[: self.max_samples] for t in samples)
         names = getattr(task, "class_names", None) or [str(i) for i in range(int(targets.max()) + 1)]
-        images = _to_display(images)
+        images = to_display(images)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 import wandb
@@ -50,7 +50,7 @@ class LogSamplePredictions(L.Callback):
                 logger.experiment.add_text("val/sample_predictions (target)", text, trainer.global_step)
 
 
-def _to_display(images: torch.Tensor) -> torch.Tensor:
+def to_display(images: torch.Tensor) -> torch.Tensor:
     """Normalised images -> [0, 1] per image, 3 channels, for display."""
     images = images.float()
     if images.shape[1] == 1:

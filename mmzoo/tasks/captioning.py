@@ -7,7 +7,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from lightning.pytorch.loggers import WandbLogger
+
 from ..losses import CoCaLoss
+from .callbacks import to_display
 from .contrastive import ContrastiveTask
 
 log = logging.getLogger("mmzoo")
@@ -76,12 +79,24 @@ class CaptioningTask(ContrastiveTask):
         if self.trainer.is_global_zero:
             for gen, ref in self.sample_captions[: self.num_printed_captions]:
                 log.info("%s caption: %-60s | reference: %s", prefix, gen, ref)
+            self._log_caption_table(batch["image"][:16], prefix)
         metrics = {}
         if hasattr(dm, "score_captions"):
             rank, world = self.trainer.global_rank, self.trainer.world_size
             indices = [rank + world * i for i in range(len(captions))]  # the eval sampler's order
             metrics[f"{prefix}/caption_all_correct"] = dm.score_captions(captions, prefix, indices)
         return metrics
+
+    def _log_caption_table(self, images: torch.Tensor, prefix: str) -> None:
+        """W&B: a table of images with their generated and reference captions."""
+        for logger in self.trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                import wandb
+
+                table = wandb.Table(columns=["image", "generated", "reference"])
+                for img, (gen, ref) in zip(to_display(images.cpu()), self.sample_captions):
+                    table.add_data(wandb.Image(img.permute(1, 2, 0).numpy()), gen, ref)
+                logger.experiment.log({f"{prefix}/captions": table, "trainer/global_step": self.global_step})
 
     def on_validation_epoch_end(self) -> None:
         self.log_dict(self._captions("val"), rank_zero_only=True)
