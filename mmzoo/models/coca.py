@@ -250,8 +250,9 @@ def coca_micro() -> CoCaConfig:
 
 @register_model
 def coca_vit_b32() -> CoCaConfig:
-    """CoCa with a ViT-B/32 image encoder and a 512-wide 12-layer text decoder (6 unimodal + 6 multimodal),
-    the shape of open_clip's ``coca_ViT-B-32``."""
+    """CoCa with a ViT-B/32 image encoder, 12 unimodal and 12 multimodal 512-wide decoder layers (the layer
+    counts of open_clip's ``coca_ViT-B-32``; weights of that model do not load: its poolers and
+    projections are laid out differently)."""
     return CoCaConfig(embed_dim=512, vision=_coca_vision(patch_size=32, embed_dim=768, depth=12, num_heads=12),
-                      text=TextConfig(context_length=76, embed_dim=512, depth=6, num_heads=8), multimodal_depth=6,
+                      text=TextConfig(context_length=76, embed_dim=512, depth=12, num_heads=8), multimodal_depth=12,
                       num_caption_queries=256, pooler_heads=8)
