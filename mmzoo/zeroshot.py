@@ -81,6 +81,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     else:
         loader = dm.test_dataloader() if cfg.split == "test" else dm.val_dataloader()
     context_length = model.cfg.text.context_length
+    if tokenizer.vocab_size != model.cfg.text.vocab_size:
+        raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the model's text tower expects "
+                         f"{model.cfg.text.vocab_size}: pass the tokenizer the model was trained with "
+                         "(tokenizer=clip, tokenizer=PATH.json, or the data module's, e.g. data.tokenizer=bpe)")
     classifier = build_zeroshot_classifier(model, tokenizer, names, templates, context_length)
     res = zeroshot_evaluate(model, classifier, loader, num_classes=len(names))
 
