@@ -178,3 +178,9 @@ def test_coca_trains_and_reports_caption_correctness(train_cfg):
     for key in ("test/caption_all_correct", "test/caption_loss", "test/zeroshot_top1_heldout", "test/i2t_R@1"):
         assert 0.0 <= metrics[key] < 20.0, key
     assert metrics["train/caption_loss"] > 0
+
+
+def test_experiment_configs_compose(train_cfg):
+    for path in sorted((ROOT / "configs" / "experiment").glob("*.yaml")):
+        cfg = train_cfg(f"experiment={path.stem}")
+        assert cfg.model.name and cfg.data._target_.startswith("mmzoo.data."), path
