@@ -289,7 +289,9 @@ class CaptionsDataModule(TextDataMixin, BaseDataModule):
 
     # -- reading ------------------------------------------------------------------------------------
     def _read(self, split: str) -> Optional[list[CaptionRecord]]:
-        raise NotImplementedError
+        """The records of ``split`` (None: the split has no source of its own); each format overrides it."""
+        raise TypeError(f"{type(self).__name__} reads no format: use CsvCaptionsDataModule, "
+                        "WebDatasetCaptionsDataModule or CocoCaptionsDataModule")
 
     def _skip(self, name: str, reason: str) -> None:
         self._skipped.append((name, reason))

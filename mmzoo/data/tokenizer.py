@@ -15,6 +15,8 @@ classes are built once from ``unicodedata`` (so their Unicode version is that of
 """
 from __future__ import annotations
 
+import abc
+
 
 import gzip
 import heapq
@@ -122,8 +124,8 @@ def _compile_pattern(pattern: str, prefix_alternatives: Sequence[str] = ()) -> r
 # ----------------------------------------------------------------------------------------------------
 
 
-class Tokenizer:
-    """Base class: `encode`/`decode` one string; ``__call__`` makes a padded batch like CLIP.
+class Tokenizer(abc.ABC):
+    """Abstract base class: `encode`/`decode` one string; ``__call__`` makes a padded batch like CLIP.
 
     Subclasses set ``sot_token_id``, ``eot_token_id``, ``pad_token_id``, ``vocab_size`` and
     ``context_length``.
@@ -135,11 +137,13 @@ class Tokenizer:
     vocab_size: int
     context_length: int
 
+    @abc.abstractmethod
     def encode(self, text: str) -> list[int]:
-        raise NotImplementedError
+        """One string -> token ids (no SOT/EOT)."""
 
+    @abc.abstractmethod
     def decode(self, ids: Ids) -> str:
-        raise NotImplementedError
+        """Token ids -> the string."""
 
     def __call__(self, texts: Union[str, Sequence[str]], context_length: Optional[int] = None) -> torch.Tensor:
         """Tokenize ``texts`` into a LongTensor (B, context_length).

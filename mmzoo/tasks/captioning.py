@@ -55,14 +55,14 @@ class CaptioningTask(ContrastiveTask):
         self.log("train/logit_scale", out.logit_scale.detach())
         return self.check_loss(losses["loss"])
 
-    def _eval_step(self, batch: dict[str, Any], batch_idx: int, prefix: str) -> None:
-        super()._eval_step(batch, batch_idx, prefix)
+    def _eval_step(self, batch: dict[str, Any], batch_idx: int, prefix: str):
+        out = super()._eval_step(batch, batch_idx, prefix)  # one forward serves both losses
         if batch_idx == 0:
             self._first_batch = batch
-        out = self(batch["image"], batch["text"])
         losses = self.coca_loss(out, batch["text"])
         self.log(f"{prefix}/caption_loss", losses["caption_loss"], on_epoch=True, sync_dist=True,
                  batch_size=batch["image"].shape[0])
+        return out
 
     @torch.no_grad()
     def _captions(self, prefix: str) -> dict[str, float]:

@@ -72,7 +72,8 @@ class ContrastiveTask(BaseTask):
         return self.check_loss(loss)
 
     # -- evaluation ---------------------------------------------------------------------------------
-    def _eval_step(self, batch: dict[str, Any], batch_idx: int, prefix: str) -> None:
+    def _eval_step(self, batch: dict[str, Any], batch_idx: int, prefix: str):
+        """Forward one evaluation batch, log the loss, keep the features; returns the model output."""
         if batch_idx == 0:
             # weights are fixed during evaluation: run zero-shot once, at the start, so that its sample
             # predictions are ready when callbacks run at the epoch's end
@@ -82,6 +83,7 @@ class ContrastiveTask(BaseTask):
         self.log(f"{prefix}/loss", loss, on_epoch=True, sync_dist=True, batch_size=batch["image"].shape[0])
         self._eval_feats["image"].append(out.image_features.float())
         self._eval_feats["text"].append(out.text_features.float())
+        return out
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         self._eval_step(batch, batch_idx, "val")
