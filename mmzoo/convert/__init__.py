@@ -129,6 +129,7 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> Checkpoint:
 def convert_foreign(sd: dict[str, torch.Tensor], model: nn.Module, path: str = "") -> dict[str, torch.Tensor]:
     """Map a foreign state dict onto ``model`` with the first converter of its arch that detects it."""
     from . import open_clip as _open_clip, timm as _timm  # noqa: F401  (registers converters)
+    from . import hf_wav2vec2 as _hf_wav2vec2  # noqa: F401
 
     own = set(model.state_dict())
     if set(sd) == own:
@@ -178,6 +179,8 @@ def load_pretrained(model: nn.Module, ckpt: Union[Checkpoint, str, os.PathLike],
     elif ckpt.arch != model.arch_name:
         raise ValueError(f"{ckpt.path} holds a {ckpt.arch!r} model, cannot load it into {model.arch_name!r}")
     sd = fit_state_dict(sd, model)
+    if hasattr(model, "filter_pretrained"):  # e.g. drop pretraining-only weights a fine-tuning model lacks
+        sd = model.filter_pretrained(sd)
     missing, unexpected = model.load_state_dict(sd, strict=False)
     dropped_head = [k for k in missing if k.split(".")[0] in ("head", "fc")]
     missing = [k for k in missing if k not in dropped_head]

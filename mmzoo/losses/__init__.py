@@ -2,5 +2,6 @@
 from .coca import CoCaLoss
 from .contrastive import ContrastiveLogits, ContrastiveLoss
 from .distributed import all_gather_no_grad, all_gather_with_grad, dist_info
+from .wav2vec2 import Wav2Vec2Loss
 
-__all__ = ["CoCaLoss", "ContrastiveLogits", "ContrastiveLoss", "all_gather_no_grad", "all_gather_with_grad", "dist_info"]
+__all__ = ["CoCaLoss", "ContrastiveLogits", "ContrastiveLoss", "all_gather_no_grad", "all_gather_with_grad", "dist_info", "Wav2Vec2Loss"]
