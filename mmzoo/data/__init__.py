@@ -1,4 +1,5 @@
 """DataModules: built-in (shapes, digits, shapes_captions) and on-disk (image folder, CIFAR-10, captions) data."""
+from .audio import AudioDataModule, AudioFolderDataModule, SynthSpeechDataModule
 from .base import BaseDataModule, ImageClassificationDataModule, SeededTransformDataset
 from .captions import (CaptionsDataModule, CocoCaptionsDataModule, CsvCaptionsDataModule,
                        WebDatasetCaptionsDataModule)
@@ -12,4 +13,4 @@ from .shapes_captions import ShapesCaptionsDataModule
 __all__ = ["BaseDataModule", "ImageClassificationDataModule", "SeededTransformDataset", "ResumableSampler",
            "ShapesDataModule", "DigitsDataModule", "ImageFolderDataModule", "CIFAR10DataModule",
            "ShapesCaptionsDataModule", "CaptionsDataModule", "CsvCaptionsDataModule", "WebDatasetCaptionsDataModule",
-           "CocoCaptionsDataModule"]
+           "CocoCaptionsDataModule", "AudioDataModule", "AudioFolderDataModule", "SynthSpeechDataModule"]

@@ -1,7 +1,9 @@
 """LightningModules: the only place that knows about optimizers, steps and logging."""
+from .audio import AudioClassificationTask, CTCTask, Wav2Vec2PretrainTask
 from .base import BaseTask
 from .captioning import CaptioningTask
 from .classification import ClassificationTask
 from .contrastive import ContrastiveTask
 
-__all__ = ["BaseTask", "CaptioningTask", "ClassificationTask", "ContrastiveTask"]
+__all__ = ["BaseTask", "CaptioningTask", "ClassificationTask", "ContrastiveTask", "AudioClassificationTask", "CTCTask",
+           "Wav2Vec2PretrainTask"]
