@@ -31,7 +31,6 @@ def _train(run_dir: Path, *overrides: str) -> None:
 def test_fsdp_config_composes_with_block_wrapping(train_cfg):
     cfg = train_cfg("model=clip", "model.name=clip_nano", "trainer=fsdp")
     assert cfg.trainer.precision == "bf16-mixed" and cfg.trainer.strategy.state_dict_type == "sharded"
-    assert cfg.trainer.accelerator == "gpu"
     strategy = instantiate(cfg.trainer.strategy)
     assert type(strategy).__name__ == "FSDPStrategy"
     assert transformer_wrap_policy() == {Block}
@@ -39,9 +38,22 @@ def test_fsdp_config_composes_with_block_wrapping(train_cfg):
         consolidate_checkpoint(ROOT / "README.md", "/tmp/never.ckpt")
 
 
-def test_submitit_launcher_config_composes(train_cfg):
-    cfg = train_cfg("hydra/launcher=submitit_slurm", "trainer=ddp", "trainer.num_nodes=2")
-    assert cfg.trainer.num_nodes == 2 and cfg.trainer.strategy == "ddp"
+def test_submitit_launcher_config_composes(tmp_path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=["hydra/launcher=submitit_slurm", "trainer=ddp", "trainer.devices=8",
+                                          "trainer.num_nodes=2", f"paths.output_dir={tmp_path}"],
+                      return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=True)
+    assert launcher["_target_"].endswith("SlurmLauncher")
+    assert launcher["nodes"] == 2 and launcher["tasks_per_node"] == 8 and launcher["gpus_per_node"] == 8
+    from hydra_plugins.hydra_submitit_launcher.config import SlurmQueueConf
+    import dataclasses
+    assert set(launcher) == {f.name for f in dataclasses.fields(SlurmQueueConf)}  # every field of the plugin
 
 
 def test_ddp_clip_with_accumulation_matches_one_process(tmp_path):
