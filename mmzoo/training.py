@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from .models import create_model
+from .models.speed import apply_speed_options
 from .tasks.checkpoint_io import AtomicCheckpointIO
 
 log = logging.getLogger("mmzoo")
@@ -89,7 +90,10 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     model_kwargs = resolve_auto(OmegaConf.to_container(cfg.model, resolve=True), hints, "model")
     name = model_kwargs.pop("name")
     pretrained = model_kwargs.pop("pretrained", None)
+    # speed options of every model (mmzoo/models/speed.py), not fields of its config dataclass
+    speed = {key: model_kwargs.pop(key) for key in ("compile", "grad_checkpointing") if key in model_kwargs}
     model = create_model(name, pretrained=pretrained, **model_kwargs)
+    model = apply_speed_options(model, **speed)
     task_cfg = resolve_auto(OmegaConf.to_container(cfg.task, resolve=True), hints, "task")
     task = instantiate(task_cfg, model=model, _convert_="all")
     return dm, task

@@ -217,24 +217,28 @@ class Attention(nn.Module):
         if kv_cache is not None and not cached:
             k, v = kv_cache.update(k, v)
         S = k.shape[2]
-        if self.num_kv_heads != self.num_heads:
-            # GQA/MQA: each group of query heads shares one key/value head
-            rep = self.num_heads // self.num_kv_heads
-            k = k.repeat_interleave(rep, dim=1)  # (B, H, S, Dh)
-            v = v.repeat_interleave(rep, dim=1)
+        gqa = self.num_kv_heads != self.num_heads
         causal = is_causal and not self.cross_attn
         dropout_p = self.attn_drop.p if self.training else 0.0
 
         if self._use_fused():
+            # GQA/MQA: SDPA broadcasts each key/value head over its group of query heads itself
+            # (enable_gqa), without materialising repeated keys/values
             if causal and attn_mask is None and key_padding_mask is None and L == S:
                 # no dense mask: SDPA keeps its flash kernel
-                o = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True)
+                o = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
             else:
                 if causal and L == 1:
                     causal = False  # one new query at the end sees every cached key
+                # key padding alone stays a (B, 1, 1, S) mask, which the CPU flash kernel accepts
                 mask = build_attn_mask(L, S, causal, key_padding_mask, attn_mask, device=x.device)
-                o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+                o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
         else:
+            if gqa:
+                # GQA/MQA: each group of query heads shares one key/value head
+                rep = self.num_heads // self.num_kv_heads
+                k = k.repeat_interleave(rep, dim=1)  # (B, H, S, Dh)
+                v = v.repeat_interleave(rep, dim=1)
             mask = build_attn_mask(L, S, causal, key_padding_mask, attn_mask, device=x.device)
             attn = (q * self.scale) @ k.transpose(-2, -1)  # (B, H, L, S)
             if mask is not None:

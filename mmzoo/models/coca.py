@@ -110,6 +110,7 @@ class CoCa(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.token_embed.weight
         self.logit_scale = nn.Parameter(torch.tensor(float(cfg.init_logit_scale)))
+        self.grad_checkpointing = False  # text decoder stacks (the image tower has its own flag)
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -168,7 +169,7 @@ class CoCa(nn.Module):
         seq = x.gather(1, src[..., None].expand(-1, -1, D))  # (B, L+1, D)
         is_cls = (j == cls_at[:, None])[..., None]
         seq = torch.where(is_cls, self.cls_token.expand(B, L + 1, D), seq)
-        seq = run_blocks(self.unimodal_blocks, seq, is_causal=True)
+        seq = run_blocks(self.unimodal_blocks, seq, self.grad_checkpointing, is_causal=True)
         cls = seq[torch.arange(B, device=x.device), cls_at]  # (B, D)
         i = j[:, :L]  # original token positions
         text_states = seq.gather(1, (i + (i >= cls_at[:, None]).long())[..., None].expand(-1, -1, D))  # (B, L, D)
@@ -180,7 +181,8 @@ class CoCa(nn.Module):
 
     def _decode(self, text_states: torch.Tensor, caption_q: torch.Tensor,
                 kv_caches: Optional[list[tuple[KVCache, KVCache]]] = None) -> torch.Tensor:
-        x = run_blocks(self.multimodal_blocks, text_states, kv_caches=kv_caches, context=caption_q, is_causal=True)
+        x = run_blocks(self.multimodal_blocks, text_states, self.grad_checkpointing, kv_caches, context=caption_q,
+                       is_causal=True)
         return self.lm_head(self.decoder_norm(x))  # (B, L, vocab)
 
     def forward(self, images: torch.Tensor, tokens: torch.Tensor) -> CoCaOutput:

@@ -33,6 +33,16 @@ def param_groups_weight_decay(model: nn.Module, weight_decay: float,
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def build_adamw(model: nn.Module, lr: float, weight_decay: float, betas: tuple[float, float] = (0.9, 0.999),
+                eps: float = 1e-8) -> torch.optim.AdamW:
+    """mmzoo's AdamW: decay groups of :func:`param_groups_weight_decay` and the fastest implementation
+    for where the parameters live (the fused kernel on CUDA and CPU, else the multi-tensor one)."""
+    groups = param_groups_weight_decay(model, weight_decay)
+    params = [p for g in groups for p in g["params"]]
+    fused = all(p.device.type in ("cuda", "cpu") and p.is_floating_point() for p in params)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, **({"fused": True} if fused else {"foreach": True}))
+
+
 def warmup_cosine(step: int, warmup_steps: int, total_steps: int, min_lr_ratio: float) -> float:
     """LR multiplier: linear warmup from ~0 to 1, then cosine decay to ``min_lr_ratio``."""
     if step < warmup_steps:
@@ -91,14 +101,12 @@ class BaseTask(L.LightningModule):
         self.save_hyperparameters(ignore=["model"])
         self.nonfinite_steps = 0
         self._rng_to_restore: Optional[dict[str, Any]] = None
+        self._first_nonfinite: Optional[torch.Tensor] = None  # () long on the loss's device, -1 = none
 
     # -- optimisation -------------------------------------------------------------------------------
     def configure_optimizers(self):
         hp = self.hparams
-        groups = param_groups_weight_decay(self, hp.weight_decay)
-        fused = torch.cuda.is_available() and all(p.is_cuda for g in groups for p in g["params"])
-        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps,
-                                **({"fused": True} if fused else {"foreach": True}))
+        opt = build_adamw(self, hp.lr, hp.weight_decay, tuple(hp.betas), hp.eps)
         total = hp.total_steps or int(self.trainer.estimated_stepping_batches)
         warmup = int(hp.warmup_steps * total) if hp.warmup_steps < 1 else int(hp.warmup_steps)
         warmup = max(1, min(warmup, total))
@@ -107,20 +115,54 @@ class BaseTask(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def check_loss(self, loss: torch.Tensor) -> Optional[torch.Tensor]:
-        """Return ``loss`` if finite on every rank; otherwise stop or skip (``nonfinite``)."""
-        finite = torch.isfinite(loss.detach()).to(torch.int32)
+        """Return ``loss`` if finite on every rank; otherwise stop or skip (``nonfinite``).
+
+        "error" costs no host synchronisation per step: the first non-finite step is recorded on the
+        device and looked at every ``trainer.log_every_n_steps`` batches, before validation and at the
+        end of each epoch (:meth:`raise_if_nonfinite`). "skip" must decide before backward, so it reads
+        the flag every step (one device-to-host sync).
+        """
+        finite = torch.isfinite(loss.detach())
+        if self.hparams.nonfinite == "error":
+            if self._first_nonfinite is None or self._first_nonfinite.device != loss.device:
+                self._first_nonfinite = torch.full((), -1, dtype=torch.long, device=loss.device)
+            self._first_nonfinite.masked_fill_(~finite & (self._first_nonfinite < 0), self.global_step)
+            return loss
+        finite = finite.to(torch.int32)
         if self.trainer is not None and self.trainer.world_size > 1:
             finite = self.trainer.strategy.reduce(finite, reduce_op="min")  # every rank decides alike
         if bool(finite):
             return loss
-        step = self.global_step
-        if self.hparams.nonfinite == "error":
-            raise FloatingPointError(
-                f"non-finite loss ({loss.item()}) at global step {step} (epoch {self.current_epoch}); "
-                "lower task.lr, enable trainer.gradient_clip_val, or set task.nonfinite=skip")
         self.nonfinite_steps += 1
         self.log("train/nonfinite_steps", float(self.nonfinite_steps), rank_zero_only=True)
         return None  # Lightning skips backward and the optimizer step
+
+    def raise_if_nonfinite(self) -> None:
+        """Raise if any rank saw a non-finite loss since the start (``nonfinite="error"``)."""
+        if self._first_nonfinite is None:
+            return
+        first = self._first_nonfinite
+        if self.trainer is not None and self.trainer.world_size > 1:
+            first = self.trainer.strategy.reduce(first.clone(), reduce_op="max")
+        step = int(first)
+        if step >= 0:
+            raise FloatingPointError(
+                f"non-finite loss (nan/inf) at global step {step} (epoch {self.current_epoch}); "
+                "lower task.lr, enable trainer.gradient_clip_val, or set task.nonfinite=skip")
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if (batch_idx + 1) % max(1, self.trainer.log_every_n_steps) == 0:
+            self.raise_if_nonfinite()
+
+    def on_validation_start(self) -> None:
+        if self.trainer is not None and self.trainer.state.fn == "fit":  # validation inside fit
+            self.raise_if_nonfinite()
+
+    def on_train_epoch_end(self) -> None:
+        self.raise_if_nonfinite()
+
+    def on_train_end(self) -> None:
+        self.raise_if_nonfinite()
 
     # -- checkpoints --------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
