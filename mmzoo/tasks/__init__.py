@@ -3,5 +3,7 @@ from .base import BaseTask
 from .captioning import CaptioningTask
 from .classification import ClassificationTask
 from .contrastive import ContrastiveTask
+from .point_bert import PointBERTPretrainTask, PointClassificationTask, PointDVAETask
 
-__all__ = ["BaseTask", "CaptioningTask", "ClassificationTask", "ContrastiveTask"]
+__all__ = ["BaseTask", "CaptioningTask", "ClassificationTask", "ContrastiveTask", "PointBERTPretrainTask",
+           "PointClassificationTask", "PointDVAETask"]
