@@ -149,9 +149,10 @@ def fit_mpm(model: PointBERT, dvae: PointDVAE, loader, steps: int, lr: float = 1
 
 
 def ensure_tokenizer(dvae_checkpoint: Optional[str], tokenizer_model: str, tokenizer_steps: int, tokenizer_lr: float,
-                     datamodule: Any, out_dir: Path, device: torch.device) -> PointDVAE:
+                     datamodule: Any, out_dir: Path, device: torch.device, model: PointBERT) -> PointDVAE:
     """The dVAE of ``dvae_checkpoint``; without one, the dVAE this run trained before (resume) or a new
-    ``tokenizer_model`` trained now for ``tokenizer_steps`` steps on the data's training split."""
+    ``tokenizer_model`` (grouping clouds as ``model`` does) trained now for ``tokenizer_steps`` steps on
+    the data's training split."""
     if dvae_checkpoint:
         dvae = create_model(pretrained=dvae_checkpoint)
         if not isinstance(dvae, PointDVAE):
@@ -165,7 +166,7 @@ def ensure_tokenizer(dvae_checkpoint: Optional[str], tokenizer_model: str, token
     log.warning("no dVAE checkpoint given (task.dvae_checkpoint=null): training the tokenizer first: %s for %d "
                 "steps, saved to %s. Pass task.dvae_checkpoint=PATH to use a trained one "
                 "(`python train.py model=point_bert_dvae`).", tokenizer_model, tokenizer_steps, path)
-    dvae = create_model(tokenizer_model).to(device)
+    dvae = create_model(tokenizer_model, num_groups=model.cfg.num_groups, group_size=model.cfg.group_size).to(device)
     fit_dvae(dvae, datamodule.unlabeled_dataloader(), tokenizer_steps, tokenizer_lr, device=device)
     save_model_checkpoint(dvae, path)
     return dvae.eval().requires_grad_(False)
@@ -311,7 +312,7 @@ class PointBERTPretrainTask(BaseTask):
             hp = self.hparams
             dm = None if hp.dvae_checkpoint else _datamodule(self)
             self.dvae = ensure_tokenizer(hp.dvae_checkpoint, hp.tokenizer_model, hp.tokenizer_steps, hp.tokenizer_lr,
-                                         dm, _run_dir(self), self.device)
+                                         dm, _run_dir(self), self.device, self.model)
             _check_compatible(self.model, self.dvae)
 
     def _moco(self, features: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -419,7 +420,7 @@ class PointClassificationTask(ClassificationTask):
             return
         dm = _datamodule(self)
         dvae = ensure_tokenizer(hp.dvae_checkpoint, hp.tokenizer_model, hp.tokenizer_steps, hp.tokenizer_lr, dm,
-                                _run_dir(self), self.device)
+                                _run_dir(self), self.device, self.model)
         log.warning("pre-training Point-BERT by masked point modeling for %d steps before fine-tuning "
                     "(task.pretrain_steps)", hp.pretrain_steps)
         fit_mpm(self.model, dvae, dm.unlabeled_dataloader(), hp.pretrain_steps, hp.pretrain_lr, hp.mask_ratio,
