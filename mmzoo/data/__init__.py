@@ -7,10 +7,27 @@ from .cifar10 import CIFAR10DataModule
 from .digits import DigitsDataModule
 from .image_folder import ImageFolderDataModule
 from .sampler import ResumableSampler
+from .points import PointCloudDataModule, ProceduralShapesDataModule
 from .shapes import ShapesDataModule
 from .shapes_captions import ShapesCaptionsDataModule
 
-__all__ = ["BaseDataModule", "ImageClassificationDataModule", "SeededTransformDataset", "ResumableSampler",
-           "ShapesDataModule", "DigitsDataModule", "ImageFolderDataModule", "CIFAR10DataModule",
-           "ShapesCaptionsDataModule", "CaptionsDataModule", "CsvCaptionsDataModule", "WebDatasetCaptionsDataModule",
-           "CocoCaptionsDataModule", "AudioDataModule", "AudioFolderDataModule", "SynthSpeechDataModule"]
+__all__ = [
+    "BaseDataModule",
+    "ImageClassificationDataModule",
+    "SeededTransformDataset",
+    "ResumableSampler",
+    "ShapesDataModule",
+    "DigitsDataModule",
+    "ImageFolderDataModule",
+    "CIFAR10DataModule",
+    "ShapesCaptionsDataModule",
+    "CaptionsDataModule",
+    "CsvCaptionsDataModule",
+    "WebDatasetCaptionsDataModule",
+    "CocoCaptionsDataModule",
+    "AudioDataModule",
+    "AudioFolderDataModule",
+    "SynthSpeechDataModule",
+    "PointCloudDataModule",
+    "ProceduralShapesDataModule",
+]

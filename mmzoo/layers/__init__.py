@@ -7,6 +7,8 @@ from .norm import LayerNorm, RMSNorm, get_norm_layer
 from .pos_embed import (RotaryEmbedding, resample_abs_pos_embed, sincos_2d_pos_embed,
                         sinusoidal_pos_embed)
 from .patch_embed import PatchEmbed
+from .points import (MiniPointNet, chamfer_distance, farthest_point_sample, group_points, index_points,
+                     knn)
 
 __all__ = [
     "Attention", "KVCache", "build_attn_mask", "set_fused_attn", "use_fused_attn",
@@ -15,4 +17,5 @@ __all__ = [
     "LayerNorm", "RMSNorm", "get_norm_layer",
     "RotaryEmbedding", "resample_abs_pos_embed", "sincos_2d_pos_embed", "sinusoidal_pos_embed",
     "PatchEmbed",
+    "MiniPointNet", "chamfer_distance", "farthest_point_sample", "group_points", "index_points", "knn",
 ]

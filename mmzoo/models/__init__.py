@@ -3,12 +3,36 @@ from ._registry import (build_model, create_model, get_model_config, list_archs,
                         register_model)
 from . import clip, coca, text, vit  # noqa: F401  (registers presets)
 from . import wav2vec2  # noqa: F401
+from . import point_bert  # noqa: F401  (registers presets)
 from .clip import CLIP, CLIPConfig, CLIPOutput
 from .coca import CoCa, CoCaConfig, CoCaOutput
+from .point_bert import PointBERT, PointBERTConfig, PointDVAE, PointDVAEConfig
 from .text import TextConfig, TextTransformer
 from .vit import VisionTransformer, ViTConfig
 from .wav2vec2 import Wav2Vec2, Wav2Vec2Config
 
-__all__ = ["build_model", "create_model", "get_model_config", "list_archs", "list_models", "register_arch",
-           "register_model", "CLIP", "CLIPConfig", "CLIPOutput", "CoCa", "CoCaConfig", "CoCaOutput", "TextConfig", "TextTransformer",
-           "VisionTransformer", "ViTConfig", "Wav2Vec2", "Wav2Vec2Config"]
+__all__ = [
+    "build_model",
+    "create_model",
+    "get_model_config",
+    "list_archs",
+    "list_models",
+    "register_arch",
+    "register_model",
+    "CLIP",
+    "CLIPConfig",
+    "CLIPOutput",
+    "CoCa",
+    "CoCaConfig",
+    "CoCaOutput",
+    "TextConfig",
+    "TextTransformer",
+    "VisionTransformer",
+    "ViTConfig",
+    "Wav2Vec2",
+    "Wav2Vec2Config",
+    "PointBERT",
+    "PointBERTConfig",
+    "PointDVAE",
+    "PointDVAEConfig",
+]

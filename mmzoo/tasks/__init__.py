@@ -4,6 +4,17 @@ from .base import BaseTask
 from .captioning import CaptioningTask
 from .classification import ClassificationTask
 from .contrastive import ContrastiveTask
+from .point_bert import PointBERTPretrainTask, PointClassificationTask, PointDVAETask
 
-__all__ = ["BaseTask", "CaptioningTask", "ClassificationTask", "ContrastiveTask", "AudioClassificationTask", "CTCTask",
-           "Wav2Vec2PretrainTask"]
+__all__ = [
+    "BaseTask",
+    "CaptioningTask",
+    "ClassificationTask",
+    "ContrastiveTask",
+    "AudioClassificationTask",
+    "CTCTask",
+    "Wav2Vec2PretrainTask",
+    "PointBERTPretrainTask",
+    "PointClassificationTask",
+    "PointDVAETask",
+]

@@ -58,3 +58,41 @@ def to_display(images: torch.Tensor) -> torch.Tensor:
     flat = images.flatten(1)
     lo, hi = flat.min(1).values[:, None, None, None], flat.max(1).values[:, None, None, None]
     return (images - lo) / (hi - lo).clamp_min(1e-6)
+
+
+class LogPointClouds(L.Callback):
+    """After each validation epoch, log point clouds and token statistics of Point-BERT's stages to W&B:
+    input and reconstructed clouds as 3-D objects (``wandb.Object3D``), the histogram of token usage
+    over the validation split; masked-token accuracy and Chamfer distances are logged by the tasks.
+
+    Works with any task that fills ``task.val_point_samples = {"input": (K, N, 3), "reconstruction":
+    (K, M, 3)}`` and keeps ``task.token_counts`` (num_tokens,).
+
+    Args:
+        max_samples: clouds logged per epoch.
+    """
+
+    def __init__(self, max_samples: int = 2) -> None:
+        self.max_samples = max_samples
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer: L.Trainer, task: L.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        samples = getattr(task, "val_point_samples", None)
+        counts = getattr(task, "token_counts", None)
+        for logger in trainer.loggers:
+            if not isinstance(logger, WandbLogger):
+                continue
+            import numpy as np
+            import wandb
+
+            data = {}
+            for key, clouds in (samples or {}).items():
+                for i, cloud in enumerate(clouds[: self.max_samples]):
+                    data[f"val/point_cloud_{key}_{i}"] = wandb.Object3D(cloud.float().numpy().astype(np.float32))
+            if counts is not None and counts.sum() > 0:
+                edges = np.arange(counts.numel() + 1, dtype=np.float64)
+                data["val/token_usage"] = wandb.Histogram(np_histogram=(counts.numpy(), edges))
+            if data:
+                logger.experiment.log({**data, "trainer/global_step": trainer.global_step})

@@ -1,0 +1,451 @@
+"""Point-BERT's stages: the dVAE tokenizer, masked point modeling, and point-cloud classification.
+
+* :class:`PointDVAETask` trains the tokenizer (``model=point_bert_dvae``).
+* :class:`PointBERTPretrainTask` pre-trains Point-BERT by masked point modeling against the tokens of
+  a frozen dVAE (``model=point_bert``); with no dVAE checkpoint it first trains one, saying so.
+* :class:`PointClassificationTask` fine-tunes (``task=point_classification``), with optional test-time
+  voting; ``pretrain_steps > 0`` first runs the tokenizer and pre-training stages itself, so one command
+  runs the whole pipeline.
+
+The earlier stages run inside a task's ``setup`` as plain loops (:func:`fit_dvae`, :func:`fit_mpm`)
+sharing their step functions with the Lightning tasks; each writes an mmzoo checkpoint
+(``RUN/tokenizer/last.ckpt``, ``RUN/pretrain/last.ckpt``) that ``create_model(pretrained=...)`` reads and
+that a resumed run reuses instead of training again.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from pathlib import Path
+from typing import Any, Iterator, Optional, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..convert import MMZOO_KEY, model_metadata
+from ..layers import chamfer_distance
+from ..models import create_model
+from ..models.point_bert import PointBERT, PointDVAE, block_mask
+from .base import BaseTask, warmup_cosine
+from .checkpoint_io import atomic_torch_save
+from .classification import ClassificationTask
+
+log = logging.getLogger("mmzoo")
+
+
+# --------------------------------------------------------------------------------------------------
+# step functions shared by the Lightning tasks and the plain-loop stages
+# --------------------------------------------------------------------------------------------------
+def cosine_anneal(start: float, end: float, progress: float) -> float:
+    """``start`` at progress 0 to ``end`` at progress 1 along a half cosine."""
+    progress = min(max(progress, 0.0), 1.0)
+    return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def dvae_losses(dvae: PointDVAE, points: torch.Tensor, temperature: float, kl_weight: float) -> dict[str, torch.Tensor]:
+    """Point-BERT's dVAE objective: Chamfer-L1 of the coarse and fine rebuilt patches against the input
+    patches, plus ``kl_weight`` x KL(q(token | patch) || uniform prior)."""
+    out = dvae(points, temperature)
+    gt = out.neighborhood.flatten(0, 1)  # (B * G, K, 3)
+    coarse = chamfer_distance(out.coarse.flatten(0, 1), gt, "l1")
+    fine = chamfer_distance(out.fine.flatten(0, 1), gt, "l1")
+    log_q = F.log_softmax(out.logits, dim=-1)  # (B, G, T)
+    # KL(q || U) = sum_t q_t (log q_t - log(1 / T)), averaged over patches
+    kl = (log_q.exp() * (log_q + math.log(out.logits.shape[-1]))).sum(-1).mean()
+    return {"loss": coarse + fine + kl_weight * kl, "chamfer_l1_coarse": coarse, "chamfer_l1": fine, "kl": kl}
+
+
+def mpm_losses(model: PointBERT, lm_head: nn.Module, dvae: PointDVAE, points: torch.Tensor,
+               mask_ratio: Sequence[float]) -> dict[str, torch.Tensor]:
+    """Masked point modeling: block-mask 25-45% of the patches, predict their dVAE token ids."""
+    neighborhood, centers = model.group(points)
+    dvae.eval()  # frozen tokenizer: BatchNorm statistics stay those it was trained with
+    targets = dvae.tokenize(neighborhood, centers)  # (B, G)
+    lo, hi = mask_ratio
+    ratio = lo + (hi - lo) * torch.rand(points.shape[0], device=points.device)
+    mask = block_mask(centers, ratio)  # (B, G)
+    x = model.forward_groups(neighborhood, centers, mask)  # (B, 1 + G, dim)
+    logits = lm_head(x[:, 1:][mask])  # (num_masked, num_tokens)
+    loss = F.cross_entropy(logits, targets[mask])
+    acc = (logits.argmax(-1) == targets[mask]).float().mean()
+    return {"loss": loss, "mpm_acc": acc, "tokens": targets, "features": x}
+
+
+def _check_compatible(model: PointBERT, dvae: PointDVAE) -> None:
+    m, d = model.cfg, dvae.cfg
+    if (m.num_groups, m.group_size) != (d.num_groups, d.group_size):
+        raise ValueError(f"Point-BERT groups clouds into {m.num_groups} x {m.group_size} patches but the dVAE "
+                         f"into {d.num_groups} x {d.group_size}; use a dVAE with the same model.num_groups / "
+                         "model.group_size (or change them to match)")
+
+
+def save_model_checkpoint(model: nn.Module, path: Path) -> Path:
+    """An mmzoo checkpoint of ``model`` alone (readable by ``create_model(pretrained=path)``)."""
+    state = {MMZOO_KEY: model_metadata(model),
+             "state_dict": {f"model.{k}": v.detach().cpu() for k, v in model.state_dict().items()}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(state, path)
+    return path
+
+
+def _cycle(loader) -> Iterator:
+    while True:
+        yield from loader
+
+
+def _plain_loop(params, loader, steps: int, lr: float, step_fn, name: str, device: torch.device,
+                log_every: int = 50) -> dict[str, float]:
+    """AdamW with warmup + cosine for ``steps`` steps of ``step_fn(points, progress) -> dict``."""
+    params = [p for p in params if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, steps, 0.01))
+    last: dict[str, float] = {}
+    for step, batch in zip(range(steps), _cycle(loader)):
+        out = step_fn(batch[0].to(device), step / max(steps - 1, 1))
+        if not torch.isfinite(out["loss"]):
+            raise FloatingPointError(f"{name}: non-finite loss at step {step}; lower the learning rate")
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        last = {k: float(v) for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1}
+        if step % log_every == 0 or step == steps - 1:
+            log.info("%s step %d/%d: %s", name, step + 1, steps, ", ".join(f"{k}={v:.4f}" for k, v in last.items()))
+    return last
+
+
+def fit_dvae(dvae: PointDVAE, loader, steps: int, lr: float = 1e-3, temperature: Sequence[float] = (1.0, 0.0625),
+             kl_weight: Sequence[float] = (0.0, 0.1), device: Optional[torch.device] = None) -> dict[str, float]:
+    """Train the tokenizer for ``steps`` steps on ``loader`` batches ``(points, ...)`` (plain loop)."""
+    device = device or next(dvae.parameters()).device
+    dvae.train()
+
+    def step(points, progress):
+        return dvae_losses(dvae, points, cosine_anneal(*temperature, progress), cosine_anneal(*kl_weight, progress))
+
+    out = _plain_loop(dvae.parameters(), loader, steps, lr, step, "dVAE tokenizer", device)
+    dvae.eval()
+    return out
+
+
+def fit_mpm(model: PointBERT, dvae: PointDVAE, loader, steps: int, lr: float = 1e-3,
+            mask_ratio: Sequence[float] = (0.25, 0.45), device: Optional[torch.device] = None) -> dict[str, float]:
+    """Masked point modeling pre-training of ``model`` for ``steps`` steps (plain loop); the prediction
+    head is discarded afterwards, as in the paper."""
+    _check_compatible(model, dvae)
+    device = device or next(model.parameters()).device
+    lm_head = nn.Linear(model.cfg.dim, dvae.cfg.num_tokens).to(device)
+    model.train()
+
+    def step(points, progress):
+        return mpm_losses(model, lm_head, dvae, points, mask_ratio)
+
+    return _plain_loop([*model.parameters(), *lm_head.parameters()], loader, steps, lr, step,
+                       "Point-BERT masked point modeling", device)
+
+
+def ensure_tokenizer(dvae_checkpoint: Optional[str], tokenizer_model: str, tokenizer_steps: int, tokenizer_lr: float,
+                     datamodule: Any, out_dir: Path, device: torch.device, model: PointBERT) -> PointDVAE:
+    """The dVAE of ``dvae_checkpoint``; without one, the dVAE this run trained before (resume) or a new
+    ``tokenizer_model`` (grouping clouds as ``model`` does) trained now for ``tokenizer_steps`` steps on
+    the data's training split."""
+    if dvae_checkpoint:
+        dvae = create_model(pretrained=dvae_checkpoint)
+        if not isinstance(dvae, PointDVAE):
+            raise ValueError(f"dvae_checkpoint={dvae_checkpoint} holds a {type(dvae).__name__}, not a Point-BERT "
+                             "dVAE (train one with `python train.py model=point_bert_dvae`)")
+        return dvae.to(device).eval().requires_grad_(False)
+    path = out_dir / "tokenizer" / "last.ckpt"
+    if path.is_file():
+        log.info("no dVAE checkpoint given: reusing the tokenizer this run trained before, %s", path)
+        return create_model(pretrained=path).to(device).eval().requires_grad_(False)
+    log.warning("no dVAE checkpoint given (task.dvae_checkpoint=null): training the tokenizer first: %s for %d "
+                "steps, saved to %s. Pass task.dvae_checkpoint=PATH to use a trained one "
+                "(`python train.py model=point_bert_dvae`).", tokenizer_model, tokenizer_steps, path)
+    dvae = create_model(tokenizer_model, num_groups=model.cfg.num_groups, group_size=model.cfg.group_size).to(device)
+    fit_dvae(dvae, datamodule.unlabeled_dataloader(), tokenizer_steps, tokenizer_lr, device=device)
+    save_model_checkpoint(dvae, path)
+    return dvae.eval().requires_grad_(False)
+
+
+def _run_dir(task: BaseTask) -> Path:
+    trainer = task.trainer
+    return Path(trainer.default_root_dir if trainer is not None else ".")
+
+
+def _datamodule(task: BaseTask) -> Any:
+    dm = getattr(task.trainer, "datamodule", None)
+    if dm is None or not hasattr(dm, "unlabeled_dataloader"):
+        raise ValueError("training a tokenizer or pre-training inside this run needs a point-cloud data module "
+                         "(data=procedural_shapes, modelnet40, shapenet55, point_folder)")
+    dm.setup("fit")
+    return dm
+
+
+# --------------------------------------------------------------------------------------------------
+# Lightning tasks
+# --------------------------------------------------------------------------------------------------
+def _token_stats(counts: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Codebook usage (fraction of entries used) and perplexity of the token histogram."""
+    p = counts.float() / counts.sum().clamp_min(1)
+    entropy = -(p[p > 0] * p[p > 0].log()).sum()
+    return {"codebook_usage": (counts > 0).float().mean(), "token_perplexity": entropy.exp()}
+
+
+class PointDVAETask(BaseTask):
+    """Trains the Point-BERT tokenizer.
+
+    Args:
+        model: a :class:`PointDVAE`.
+        temperature: Gumbel-softmax temperature, cosine-annealed from the first to the second value.
+        kl_weight: weight of the KL term, cosine-annealed from the first to the second value.
+        anneal_steps: steps of both annealings (default: the whole run).
+        **kwargs: optimisation options of :class:`BaseTask`.
+    """
+
+    def __init__(self, model: PointDVAE, temperature: Sequence[float] = (1.0, 0.0625),
+                 kl_weight: Sequence[float] = (0.0, 0.1), anneal_steps: Optional[int] = None, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        if not isinstance(model, PointDVAE):
+            raise ValueError(f"task=dvae trains a Point-BERT dVAE, got {type(model).__name__}; use model=point_bert_dvae")
+        self.temperature, self.kl_weight = tuple(temperature), tuple(kl_weight)
+        self.anneal_steps = anneal_steps
+        self.token_counts = torch.zeros(model.cfg.num_tokens, dtype=torch.long)
+        self.val_point_samples: Optional[dict[str, torch.Tensor]] = None
+
+    def _progress(self) -> float:
+        total = self.anneal_steps or (self.trainer.estimated_stepping_batches if self.trainer else 1)
+        return self.global_step / max(int(total), 1)
+
+    def training_step(self, batch, batch_idx: int):
+        p = self._progress()
+        tau, klw = cosine_anneal(*self.temperature, p), cosine_anneal(*self.kl_weight, p)
+        out = dvae_losses(self.model, batch[0], tau, klw)
+        self.log_dict({f"train/{k}": v for k, v in out.items()}, prog_bar=False)
+        self.log_dict({"train/temperature": tau, "train/kl_weight": klw})
+        return self.check_loss(out["loss"])
+
+    def on_validation_epoch_start(self) -> None:
+        self.token_counts = torch.zeros(self.model.cfg.num_tokens, dtype=torch.long)
+
+    def _eval_step(self, batch, prefix: str, batch_idx: int) -> None:
+        out = self.model(batch[0])  # eval: arg-max tokens, as handed to Point-BERT
+        gt = out.neighborhood.flatten(0, 1)
+        fine = chamfer_distance(out.fine.flatten(0, 1), gt, "l1")
+        coarse = chamfer_distance(out.coarse.flatten(0, 1), gt, "l1")
+        # the whole cloud rebuilt from the patches, against the input cloud (what the dashboard shows)
+        whole = (out.fine + out.centers.unsqueeze(2)).flatten(1, 2)
+        self.log_dict({f"{prefix}/chamfer_l1": fine, f"{prefix}/chamfer_l1_coarse": coarse,
+                       f"{prefix}/chamfer_l1_cloud": chamfer_distance(whole, batch[0], "l1")},
+                      on_epoch=True, prog_bar=prefix == "val", sync_dist=True)
+        self.token_counts += torch.bincount(out.logits.argmax(-1).flatten().cpu(), minlength=self.model.cfg.num_tokens)
+        if prefix == "val" and batch_idx == 0:
+            self.val_point_samples = {"input": batch[0][:4].detach().cpu(), "reconstruction": whole[:4].detach().cpu()}
+
+    def _log_tokens(self, prefix: str) -> None:
+        self.log_dict({f"{prefix}/{k}": v for k, v in _token_stats(self.token_counts).items()})
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val", batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_tokens("val")
+
+    def on_test_epoch_start(self) -> None:
+        self.on_validation_epoch_start()
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test", batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_tokens("test")
+
+
+class PointBERTPretrainTask(BaseTask):
+    """Masked point modeling (Point-BERT section 3.2) against a frozen dVAE's tokens, with an optional
+    momentum-encoder contrastive term (the paper's "Point-BERT + MoCo").
+
+    Args:
+        model: a :class:`PointBERT` (``num_classes=0``: its head is not used here).
+        dvae_checkpoint: the trained tokenizer (``model=point_bert_dvae`` run); None trains
+            ``tokenizer_model`` for ``tokenizer_steps`` steps first (logged) and saves it in the run.
+        tokenizer_model, tokenizer_steps, tokenizer_lr: that fallback tokenizer.
+        mask_ratio: range of the block-masking ratio, drawn per cloud.
+        moco_weight: weight of the contrastive term (0 = off).
+        moco_momentum: EMA momentum of the key encoder.
+        moco_queue: negatives kept in the queue.
+        moco_temperature: InfoNCE temperature.
+        **kwargs: optimisation options of :class:`BaseTask`.
+    """
+
+    def __init__(self, model: PointBERT, dvae_checkpoint: Optional[str] = None,
+                 tokenizer_model: str = "point_bert_dvae_tiny", tokenizer_steps: int = 300, tokenizer_lr: float = 2e-3,
+                 mask_ratio: Sequence[float] = (0.25, 0.45), moco_weight: float = 0.0, moco_momentum: float = 0.999,
+                 moco_queue: int = 1024, moco_temperature: float = 0.07, **kwargs: Any) -> None:
+        super().__init__(model, **kwargs)
+        if not isinstance(model, PointBERT):
+            raise ValueError(f"task=point_bert_pretrain pre-trains Point-BERT, got {type(model).__name__}")
+        from ..models import get_model_config
+
+        num_tokens = (create_model(pretrained=dvae_checkpoint).cfg.num_tokens if dvae_checkpoint
+                      else get_model_config(tokenizer_model).num_tokens)
+        self.lm_head = nn.Linear(model.cfg.dim, num_tokens)
+        nn.init.trunc_normal_(self.lm_head.weight, std=0.02)
+        nn.init.zeros_(self.lm_head.bias)
+        self.dvae: Optional[PointDVAE] = None  # not a submodule: frozen, not saved with the task
+        self.token_counts = torch.zeros(num_tokens, dtype=torch.long)
+        self.val_point_samples: Optional[dict[str, torch.Tensor]] = None
+        if moco_weight > 0:
+            feat = 2 * model.cfg.dim
+            self.moco_proj = nn.Sequential(nn.Linear(feat, feat), nn.ReLU(), nn.Linear(feat, 256))
+            self.key_model = copy.deepcopy(model).requires_grad_(False)
+            self.key_proj = copy.deepcopy(self.moco_proj).requires_grad_(False)
+            self.register_buffer("queue", F.normalize(torch.randn(moco_queue, 256), dim=-1))
+            self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    def setup(self, stage: str) -> None:
+        if self.dvae is None:
+            hp = self.hparams
+            dm = None if hp.dvae_checkpoint else _datamodule(self)
+            self.dvae = ensure_tokenizer(hp.dvae_checkpoint, hp.tokenizer_model, hp.tokenizer_steps, hp.tokenizer_lr,
+                                         dm, _run_dir(self), self.device, self.model)
+            _check_compatible(self.model, self.dvae)
+
+    def _moco(self, features: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """InfoNCE between the masked view (query) and the momentum encoder's full view (key)."""
+        hp = self.hparams
+        with torch.no_grad():
+            for k, q in zip([*self.key_model.parameters(), *self.key_proj.parameters()],
+                            [*self.model.parameters(), *self.moco_proj.parameters()]):
+                k.mul_(hp.moco_momentum).add_(q.detach(), alpha=1 - hp.moco_momentum)
+            key = F.normalize(self.key_proj(self.key_model.forward_head(self.key_model.forward_features(points),
+                                                                        pre_logits=True)), dim=-1)
+        query = F.normalize(self.moco_proj(self.model.forward_head(features, pre_logits=True)), dim=-1)
+        logits = torch.cat([(query * key).sum(-1, keepdim=True), query @ self.queue.T], dim=1) / hp.moco_temperature
+        loss = F.cross_entropy(logits, torch.zeros(len(query), dtype=torch.long, device=query.device))
+        with torch.no_grad():  # enqueue the keys, oldest out
+            n, ptr = key.shape[0], int(self.queue_ptr)
+            idx = (ptr + torch.arange(n, device=key.device)) % self.queue.shape[0]
+            self.queue[idx] = key
+            self.queue_ptr.fill_((ptr + n) % self.queue.shape[0])
+        return loss
+
+    def training_step(self, batch, batch_idx: int):
+        out = mpm_losses(self.model, self.lm_head, self.dvae, batch[0], self.hparams.mask_ratio)
+        loss = out["loss"]
+        if self.hparams.moco_weight > 0:
+            moco = self._moco(out["features"], batch[0])
+            self.log("train/moco_loss", moco)
+            loss = loss + self.hparams.moco_weight * moco
+        self.log_dict({"train/loss": loss, "train/mpm_loss": out["loss"], "train/mpm_acc": out["mpm_acc"]},
+                      prog_bar=True)
+        return self.check_loss(loss)
+
+    def on_validation_epoch_start(self) -> None:
+        self.token_counts = torch.zeros_like(self.token_counts)
+
+    def _eval_step(self, batch, prefix: str, batch_idx: int) -> None:
+        # fixed masks for comparable figures, without touching the training RNG stream
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(batch_idx)
+            out = mpm_losses(self.model, self.lm_head, self.dvae, batch[0], self.hparams.mask_ratio)
+        self.log_dict({f"{prefix}/mpm_loss": out["loss"], f"{prefix}/mpm_acc": out["mpm_acc"]}, on_epoch=True,
+                      prog_bar=prefix == "val", sync_dist=True)
+        self.token_counts += torch.bincount(out["tokens"].flatten().cpu(), minlength=self.token_counts.numel())
+        if prefix == "val" and batch_idx == 0:
+            dec = self.dvae(batch[0][:4])  # eval mode: arg-max tokens decoded
+            whole = (dec.fine + dec.centers.unsqueeze(2)).flatten(1, 2)
+            self.val_point_samples = {"input": batch[0][:4].detach().cpu(), "reconstruction": whole.detach().cpu()}
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val", batch_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self.log_dict({f"val/{k}": v for k, v in _token_stats(self.token_counts).items()})
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test", batch_idx)
+
+
+class PointClassificationTask(ClassificationTask):
+    """Point-cloud classification / Point-BERT fine-tuning.
+
+    Fine-tune from a pre-trained checkpoint with ``model.pretrained=RUN/checkpoints/last.ckpt`` (the
+    classifier head is new when the class count differs). ``pretrain_steps > 0`` runs the earlier stages
+    in this run first: a tokenizer (``dvae_checkpoint`` or trained now) and ``pretrain_steps`` steps of
+    masked point modeling on the whole training split, labels unused.
+
+    Args:
+        model: a point-cloud classifier mapping (B, N, 3) to logits.
+        num_classes, label_smoothing, class_names: see :class:`ClassificationTask`.
+        vote_num: test-time voting: average the softmax of this many randomly scaled and shifted copies
+            of each test cloud (Point-BERT votes 10 times; 1 = off).
+        vote_scale, vote_shift: the voting augmentation (as Point-BERT's ScaleAndTranslate).
+        pretrain_steps: masked point modeling steps before fine-tuning (0 = none).
+        pretrain_lr, mask_ratio: that stage's learning rate and masking range.
+        dvae_checkpoint, tokenizer_model, tokenizer_steps, tokenizer_lr: its tokenizer (see
+            :class:`PointBERTPretrainTask`).
+        **kwargs: optimisation options of :class:`BaseTask`.
+    """
+
+    def __init__(self, model: nn.Module, num_classes: int, label_smoothing: float = 0.0,
+                 class_names: Optional[list[str]] = None, vote_num: int = 1,
+                 vote_scale: Sequence[float] = (2 / 3, 3 / 2), vote_shift: float = 0.2, pretrain_steps: int = 0,
+                 pretrain_lr: float = 1e-3, mask_ratio: Sequence[float] = (0.25, 0.45),
+                 dvae_checkpoint: Optional[str] = None, tokenizer_model: str = "point_bert_dvae_tiny",
+                 tokenizer_steps: int = 300, tokenizer_lr: float = 2e-3, **kwargs: Any) -> None:
+        super().__init__(model, num_classes, label_smoothing, class_names, **kwargs)
+        if vote_num < 1:
+            raise ValueError(f"task.vote_num must be >= 1, got {vote_num}")
+        self.save_hyperparameters(ignore=["model"])
+        self._pretrained_here = False
+
+    def setup(self, stage: str) -> None:
+        hp = self.hparams
+        if stage != "fit" or hp.pretrain_steps <= 0 or self._pretrained_here:
+            return
+        if not isinstance(self.model, PointBERT):
+            raise ValueError(f"task.pretrain_steps needs a Point-BERT model, got {type(self.model).__name__}")
+        self._pretrained_here = True
+        path = _run_dir(self) / "pretrain" / "last.ckpt"
+        if path.is_file():
+            log.info("reusing the pre-trained weights this run wrote before, %s", path)
+            sd = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+            own = {k[len("model."):]: v for k, v in sd.items() if not k.startswith("model.head.")}
+            self.model.load_state_dict(own, strict=False)
+            return
+        dm = _datamodule(self)
+        dvae = ensure_tokenizer(hp.dvae_checkpoint, hp.tokenizer_model, hp.tokenizer_steps, hp.tokenizer_lr, dm,
+                                _run_dir(self), self.device, self.model)
+        log.warning("pre-training Point-BERT by masked point modeling for %d steps before fine-tuning "
+                    "(task.pretrain_steps)", hp.pretrain_steps)
+        fit_mpm(self.model, dvae, dm.unlabeled_dataloader(), hp.pretrain_steps, hp.pretrain_lr, hp.mask_ratio,
+                device=self.device)
+        save_model_checkpoint(self.model, path)
+
+    def _vote(self, x: torch.Tensor) -> torch.Tensor:
+        """Mean softmax over ``vote_num`` scaled / shifted copies (log-probabilities returned)."""
+        hp = self.hparams
+        lo, hi = hp.vote_scale
+        probs = 0
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            for _ in range(hp.vote_num):
+                scale = lo + (hi - lo) * torch.rand(x.shape[0], 1, 3)
+                shift = hp.vote_shift * (2 * torch.rand(x.shape[0], 1, 3) - 1)
+                probs = probs + self(x * scale.to(x) + shift.to(x)).softmax(-1)
+        return (probs / hp.vote_num).clamp_min(1e-12).log()
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        if self.hparams.vote_num == 1:
+            return super().test_step(batch, batch_idx)
+        x, y = batch
+        logits = self._vote(x)
+        self._check_batch(logits, y)
+        self.test_metrics(logits, y)
+        self.log("test/loss", F.nll_loss(logits, y), on_epoch=True, sync_dist=True)
+        self.log_dict(self.test_metrics, on_epoch=True)

@@ -1,0 +1,44 @@
+"""Point-BERT's three stages train from their Hydra configs (fast_dev_run), the tokenizer is trained
+first when none is given, and the stages hand checkpoints to each other."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+import mmzoo
+from mmzoo.training import train
+
+SMALL = ["data.num_train=32", "data.num_val=16", "data.num_test=16", "data.batch_size=8", "data.num_points=128",
+         "+model.num_groups=8", "+model.group_size=8", "+model.depth=1"]
+SMALL_DVAE = ["model=point_bert_dvae", "data.num_train=32", "data.num_val=16", "data.num_test=16", "data.batch_size=8",
+              "data.num_points=128", "+model.num_groups=8", "+model.group_size=8", "+model.num_tokens=32"]
+
+
+def test_dvae_then_pretrain_then_finetune(train_cfg):
+    dvae_cfg = train_cfg(*SMALL_DVAE, "trainer.max_epochs=1", "test=false", run="dvae")
+    m = train(dvae_cfg)
+    assert m["val/chamfer_l1"] > 0 and 0 < m["val/codebook_usage"] <= 1
+    dvae_ckpt = Path(dvae_cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert isinstance(mmzoo.create_model(pretrained=dvae_ckpt), mmzoo.models.PointDVAE)
+
+    pre_cfg = train_cfg("model=point_bert", *SMALL, f"task.dvae_checkpoint={dvae_ckpt}", "trainer.max_epochs=1",
+                        "trainer.max_epochs=1", "test=false", run="pre")
+    m = train(pre_cfg)
+    assert 0 <= m["val/mpm_acc"] <= 1
+    pre_ckpt = Path(pre_cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    pretrained = mmzoo.create_model(pretrained=pre_ckpt)
+    assert pretrained.num_classes == 0
+
+    ft_cfg = train_cfg("model=point_bert", "task=point_classification", *SMALL, f"model.pretrained={pre_ckpt}",
+                       "task.vote_num=2", "debug=fdr", run="ft")
+    m = train(ft_cfg)
+    assert 0 <= m["test/acc1"] <= 1
+
+
+def test_pretrain_without_tokenizer_trains_one_first(train_cfg, caplog):
+    cfg = train_cfg("model=point_bert", *SMALL, "task.tokenizer_steps=2", "debug=fdr")
+    with caplog.at_level("WARNING", logger="mmzoo"):
+        train(cfg)
+    assert "training the tokenizer first" in caplog.text
+    assert (Path(cfg.paths.output_dir) / "tokenizer" / "last.ckpt").is_file()
