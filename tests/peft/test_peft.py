@@ -9,7 +9,6 @@ import fnmatch
 
 import pytest
 import torch
-import torch.nn as nn
 
 from mmzoo.models import create_model
 from mmzoo.peft import (DEFAULT_HEAD, LoRALinear, apply_peft, count_parameters, load_adaptation, merge_lora,
