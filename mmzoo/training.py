@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from .models import create_model
 from .models.speed import apply_speed_options
+from .peft import apply_peft, save_adaptation
 from .tasks.checkpoint_io import AtomicCheckpointIO
 
 log = logging.getLogger("mmzoo")
@@ -79,8 +80,12 @@ def _atomic_write_json(obj: dict[str, Any], path: Path) -> None:
 
 def describe_parameters(model: torch.nn.Module) -> str:
     total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return f"parameters: {trainable:,} trainable / {total:,} total ({100.0 * trainable / max(total, 1):.2f}%)"
+    trainable_params = [p for p in model.parameters() if p.requires_grad]
+    trainable = sum(p.numel() for p in trainable_params)
+    # AdamW keeps two moments per trainable parameter, in the parameter's dtype
+    opt_bytes = 2 * sum(p.numel() * p.element_size() for p in trainable_params)
+    return (f"parameters: {trainable:,} trainable / {total:,} total ({100.0 * trainable / max(total, 1):.2f}%); "
+            f"optimizer state {opt_bytes / 2**20:.2f} MiB (AdamW, 2 moments per trainable parameter)")
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
@@ -92,7 +97,17 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     pretrained = model_kwargs.pop("pretrained", None)
     # speed options of every model (mmzoo/models/speed.py), not fields of its config dataclass
     speed = {key: model_kwargs.pop(key) for key in ("compile", "grad_checkpointing") if key in model_kwargs}
+    finetune_from = (cfg.get("finetune") or {}).get("from")
+    if finetune_from is not None:
+        if not Path(finetune_from).exists():
+            raise FileNotFoundError(f"finetune.from={finetune_from} does not exist; pass a checkpoint file")
+        pretrained = finetune_from
     model = create_model(name, pretrained=pretrained, **model_kwargs)
+    if cfg.get("peft") is not None:
+        apply_peft(model, OmegaConf.to_container(cfg.peft, resolve=True))
+        # what an adaptation checkpoint needs to rebuild the frozen base (see mmzoo.peft.save_adaptation)
+        model.peft_base = {"model_name": name, "pretrained": None if pretrained is None else str(pretrained),
+                           "overrides": model_kwargs, "seed": cfg.get("seed")}
     model = apply_speed_options(model, **speed)
     task_cfg = resolve_auto(OmegaConf.to_container(cfg.task, resolve=True), hints, "task")
     task = instantiate(task_cfg, model=model, _convert_="all")
@@ -128,6 +143,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.interrupted:
         raise KeyboardInterrupt("training was interrupted; the last checkpoint written is kept")
     trainer.save_checkpoint(out_dir / "checkpoints" / "last.ckpt")
+    if (cfg.get("peft") or {}).get("method", "none") != "none" and trainer.is_global_zero:
+        # the small checkpoint of the final weights: trainable parameters + a reference to the base
+        path = save_adaptation(task.model, out_dir / "checkpoints" / "adapter.pt", task.model.peft_base)
+        log.info("adaptation checkpoint (trainable parameters only): %s", path)
 
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
     if cfg.get("test", True) and getattr(dm, "test_dataloader", None) is not None:

@@ -160,6 +160,10 @@ def fit_state_dict(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, t
             npt = getattr(owner, "num_prefix_tokens", 0)
             out[k] = resample_abs_pos_embed(v, owner.patch_embed.grid_size, num_prefix_tokens=npt)
             log.info("resampled %s from %s to %s", k, tuple(v.shape), tuple(out[k].shape))
+        elif k.endswith("patch_embed.proj.weight") and v.dim() == 4 and v.shape[2:] == own[k].shape[2:] \
+                and v.shape[0] == own[k].shape[0]:
+            out[k] = adapt_input_channels(v, own[k].shape[1])
+            log.info("adapted %s from %d to %d input channels", k, v.shape[1], own[k].shape[1])
         elif k.split(".")[0] in ("head", "fc"):
             log.warning("not loading %s: shape %s in the checkpoint, %s in the model (new classifier)",
                         k, tuple(v.shape), tuple(own[k].shape))
@@ -167,6 +171,17 @@ def fit_state_dict(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str, t
             raise ValueError(f"shape mismatch for {k}: checkpoint has {tuple(v.shape)}, "
                              f"model expects {tuple(own[k].shape)}")
     return out
+
+
+def adapt_input_channels(w: torch.Tensor, in_chans: int) -> torch.Tensor:
+    """Patch-embedding weights (D, C, p, p) for ``in_chans`` inputs: summed over channels for one
+    channel (a grey image seen as equal RGB planes), else the channels repeated cyclically and rescaled
+    by C / in_chans so the response to a constant image keeps its size (as timm's ``adapt_input_conv``)."""
+    C = w.shape[1]
+    if in_chans == 1:
+        return w.sum(dim=1, keepdim=True)
+    reps = -(-in_chans // C)
+    return w.repeat(1, reps, 1, 1)[:, :in_chans] * (C / in_chans)
 
 
 def load_pretrained(model: nn.Module, ckpt: Union[Checkpoint, str, os.PathLike], strict: bool = True) -> nn.Module:

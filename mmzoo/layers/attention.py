@@ -159,6 +159,9 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim, bias=proj_bias)
         self.proj_drop = nn.Dropout(proj_drop)
         self.rope = rope
+        # optional learnable key/value prefixes (prefix tuning, mmzoo.peft): a module called as
+        # ``prefix(k, v) -> (k, v)`` that prepends P positions to the (B, Hkv, S, Dh) keys and values
+        self.prefix: Optional[nn.Module] = None
 
     def _use_fused(self) -> bool:
         return use_fused_attn() if self.fused_attn is None else self.fused_attn
@@ -182,6 +185,18 @@ class Attention(nn.Module):
         k = k.view(B, L, self.num_kv_heads, self.head_dim).transpose(1, 2)  # (B, Hkv, L, Dh)
         v = v.view(B, L, self.num_kv_heads, self.head_dim).transpose(1, 2)
         return q, k, v, False
+
+    def _add_prefix(self, k, v, key_padding_mask, attn_mask):
+        """Prepend the prefix keys/values; masks gain P always-visible columns in front (a causal mask is
+        bottom-right aligned, so every query also sees all prefix positions)."""
+        S = k.shape[2]
+        k, v = self.prefix(k, v)  # (B, Hkv, P + S, Dh)
+        P = k.shape[2] - S
+        if key_padding_mask is not None:
+            key_padding_mask = F.pad(key_padding_mask.to(torch.bool), (P, 0), value=False)
+        if attn_mask is not None:
+            attn_mask = F.pad(attn_mask, (P, 0), value=True if attn_mask.dtype == torch.bool else 0.0)
+        return k, v, key_padding_mask, attn_mask
 
     def forward(
         self,
@@ -216,6 +231,8 @@ class Attention(nn.Module):
             k = self.rope(k, offset)
         if kv_cache is not None and not cached:
             k, v = kv_cache.update(k, v)
+        if self.prefix is not None:
+            k, v, key_padding_mask, attn_mask = self._add_prefix(k, v, key_padding_mask, attn_mask)
         S = k.shape[2]
         gqa = self.num_kv_heads != self.num_heads
         causal = is_causal and not self.cross_attn

@@ -17,4 +17,5 @@ __all__ = [
     "PointBERTPretrainTask",
     "PointClassificationTask",
     "PointDVAETask",
+    "DistillationTask",
 ]
