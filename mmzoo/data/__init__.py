@@ -10,6 +10,7 @@ from .sampler import ResumableSampler
 from .points import PointCloudDataModule, ProceduralShapesDataModule
 from .shapes import ShapesDataModule
 from .shapes_captions import ShapesCaptionsDataModule
+from .shapes_vqa import ShapesVQADataModule
 
 __all__ = [
     "BaseDataModule",
@@ -30,4 +31,5 @@ __all__ = [
     "SynthSpeechDataModule",
     "PointCloudDataModule",
     "ProceduralShapesDataModule",
+    "ShapesVQADataModule",
 ]

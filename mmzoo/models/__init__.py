@@ -7,6 +7,10 @@ from . import point_bert  # noqa: F401  (registers presets)
 from .clip import CLIP, CLIPConfig, CLIPOutput
 from .coca import CoCa, CoCaConfig, CoCaOutput
 from .point_bert import PointBERT, PointBERTConfig, PointDVAE, PointDVAEConfig
+from . import fusion  # noqa: F401  (registers presets)
+from .clip import CLIP, CLIPConfig, CLIPOutput
+from .coca import CoCa, CoCaConfig, CoCaOutput
+from .fusion import FusionConfig, FusionModel
 from .text import TextConfig, TextTransformer
 from .vit import VisionTransformer, ViTConfig
 from .wav2vec2 import Wav2Vec2, Wav2Vec2Config
@@ -35,4 +39,6 @@ __all__ = [
     "PointBERTConfig",
     "PointDVAE",
     "PointDVAEConfig",
+    "FusionConfig",
+    "FusionModel",
 ]

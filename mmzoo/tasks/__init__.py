@@ -18,4 +18,5 @@ __all__ = [
     "PointClassificationTask",
     "PointDVAETask",
     "DistillationTask",
+    "VQATask",
 ]
