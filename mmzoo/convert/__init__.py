@@ -129,6 +129,7 @@ def read_checkpoint(path: Union[str, os.PathLike]) -> Checkpoint:
 def convert_foreign(sd: dict[str, torch.Tensor], model: nn.Module, path: str = "") -> dict[str, torch.Tensor]:
     """Map a foreign state dict onto ``model`` with the first converter of its arch that detects it."""
     from . import open_clip as _open_clip, timm as _timm  # noqa: F401  (registers converters)
+    from . import timesformer as _timesformer  # noqa: F401
 
     own = set(model.state_dict())
     if set(sd) == own:

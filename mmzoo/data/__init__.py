@@ -5,6 +5,8 @@ from .captions import (CaptionsDataModule, CocoCaptionsDataModule, CsvCaptionsDa
 from .cifar10 import CIFAR10DataModule
 from .digits import DigitsDataModule
 from .image_folder import ImageFolderDataModule
+from .moving_shapes import MovingShapesDataModule
+from .video import VideoDataModule
 from .sampler import ResumableSampler
 from .shapes import ShapesDataModule
 from .shapes_captions import ShapesCaptionsDataModule
@@ -12,4 +14,5 @@ from .shapes_captions import ShapesCaptionsDataModule
 __all__ = ["BaseDataModule", "ImageClassificationDataModule", "SeededTransformDataset", "ResumableSampler",
            "ShapesDataModule", "DigitsDataModule", "ImageFolderDataModule", "CIFAR10DataModule",
            "ShapesCaptionsDataModule", "CaptionsDataModule", "CsvCaptionsDataModule", "WebDatasetCaptionsDataModule",
-           "CocoCaptionsDataModule"]
+           "CocoCaptionsDataModule",
+           "MovingShapesDataModule", "VideoDataModule"]

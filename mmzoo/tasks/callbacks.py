@@ -58,3 +58,53 @@ def to_display(images: torch.Tensor) -> torch.Tensor:
     flat = images.flatten(1)
     lo, hi = flat.min(1).values[:, None, None, None], flat.max(1).values[:, None, None, None]
     return (images - lo) / (hi - lo).clamp_min(1e-6)
+
+
+class LogSampleClips(L.Callback):
+    """After each validation epoch, log the first validation clips with their predicted and true labels:
+    a ``wandb.Table`` of ``wandb.Video`` s on W&B, a grid (one row of frames per clip) on TensorBoard.
+
+    Works with any task that fills ``task.val_samples = (clips (B, C, T, H, W), targets, predictions)``
+    and has ``task.class_names``.
+
+    Args:
+        max_samples: clips per table / grid.
+        fps: playback rate of the logged videos.
+    """
+
+    def __init__(self, max_samples: int = 8, fps: int = 4) -> None:
+        self.max_samples = max_samples
+        self.fps = fps
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer: L.Trainer, task: L.LightningModule) -> None:
+        samples = getattr(task, "val_samples", None)
+        if samples is None or trainer.sanity_checking:
+            return
+        clips, targets, preds = (t[: self.max_samples] for t in samples)
+        if clips.dim() != 5:
+            raise ValueError(f"LogSampleClips expects clips of shape (B, C, T, H, W), got {tuple(clips.shape)}")
+        names = getattr(task, "class_names", None) or [str(i) for i in range(int(targets.max()) + 1)]
+        B, C, T, H, W = clips.shape
+        frames = clips.transpose(1, 2).float()  # (B, T, C, H, W)
+        if C == 1:
+            frames = frames.expand(-1, -1, 3, -1, -1)
+        # one display range per clip, so the video does not flicker
+        lo = frames.flatten(1).min(1).values[:, None, None, None, None]
+        hi = frames.flatten(1).max(1).values[:, None, None, None, None]
+        video = ((frames - lo) / (hi - lo).clamp_min(1e-6) * 255).round().to(torch.uint8)  # (B, T, 3, H, W)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                import wandb
+
+                table = wandb.Table(columns=["clip", "prediction", "target", "correct"])
+                for v, p, t in zip(video, preds.tolist(), targets.tolist()):
+                    table.add_data(wandb.Video(v.numpy(), fps=self.fps, format="gif"), names[p], names[t], p == t)
+                logger.experiment.log({"val/sample_clips": table, "trainer/global_step": trainer.global_step})
+            elif isinstance(logger, TensorBoardLogger):
+                from torchvision.utils import make_grid
+
+                grid = make_grid(video.flatten(0, 1), nrow=T, padding=1)
+                logger.experiment.add_image("val/sample_clips", grid, trainer.global_step)
+                text = " | ".join(f"{names[p]} ({names[t]})" for p, t in zip(preds.tolist(), targets.tolist()))
+                logger.experiment.add_text("val/sample_clip_predictions (target)", text, trainer.global_step)
