@@ -342,7 +342,7 @@ def _base(**kw) -> TimeSformerConfig:
 
 @register_model
 def timesformer_base() -> TimeSformerConfig:
-    """TimeSformer: ViT-B/16, 8 frames of 224x224, divided space-time attention (121M parameters)."""
+    """TimeSformer: ViT-B/16, 8 frames of 224x224, divided space-time attention (121.6M parameters)."""
     return _base(num_frames=8, img_size=224)
 
 
