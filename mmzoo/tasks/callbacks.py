@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 
 import lightning as L
 import torch
@@ -98,8 +100,11 @@ class LogSampleClips(L.Callback):
                 import wandb
 
                 table = wandb.Table(columns=["clip", "prediction", "target", "correct"])
-                for v, p, t in zip(video, preds.tolist(), targets.tolist()):
-                    table.add_data(wandb.Video(v.numpy(), fps=self.fps, format="gif"), names[p], names[t], p == t)
+                tmp = tempfile.mkdtemp(prefix="mmzoo_clips_")
+                for i, (v, p, t) in enumerate(zip(video, preds.tolist(), targets.tolist())):
+                    # GIFs written with Pillow: wandb.Video on arrays would need moviepy + imageio
+                    gif = _write_gif(v, os.path.join(tmp, f"clip{i}.gif"), self.fps)
+                    table.add_data(wandb.Video(gif, format="gif"), names[p], names[t], p == t)
                 logger.experiment.log({"val/sample_clips": table, "trainer/global_step": trainer.global_step})
             elif isinstance(logger, TensorBoardLogger):
                 from torchvision.utils import make_grid
@@ -108,3 +113,12 @@ class LogSampleClips(L.Callback):
                 logger.experiment.add_image("val/sample_clips", grid, trainer.global_step)
                 text = " | ".join(f"{names[p]} ({names[t]})" for p, t in zip(preds.tolist(), targets.tolist()))
                 logger.experiment.add_text("val/sample_clip_predictions (target)", text, trainer.global_step)
+
+
+def _write_gif(video: torch.Tensor, path: str, fps: int) -> str:
+    """uint8 (T, 3, H, W) -> an animated GIF at ``path``."""
+    from PIL import Image
+
+    frames = [Image.fromarray(f.permute(1, 2, 0).numpy()) for f in video]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+    return path
