@@ -184,3 +184,23 @@ def test_experiment_configs_compose(train_cfg):
     for path in sorted((ROOT / "configs" / "experiment").glob("*.yaml")):
         cfg = train_cfg(f"experiment={path.stem}")
         assert cfg.model.name and cfg.data._target_.startswith("mmzoo.data."), path
+
+
+TS_TINY = ["model=timesformer", "data.num_train=16", "data.num_val=8", "data.num_test=8", "data.batch_size=8",
+           "data.image_size=16", "+model.patch_size=8", "data.num_frames=4"]
+
+
+@pytest.mark.parametrize("attention", ["divided_space_time", pytest.param("axial", marks=pytest.mark.slow)])
+def test_timesformer_fast_dev_run(train_cfg, attention):
+    metrics = train(train_cfg(*TS_TINY, f"model.attention={attention}", "debug=fdr"))
+    assert metrics["global_step"] == 1 and 0.0 <= metrics["test/acc1"] <= 1.0
+
+
+def test_timesformer_checkpoint_rebuilds(train_cfg):
+    cfg = train_cfg(*TS_TINY, "trainer.max_epochs=1", "test=false")
+    train(cfg)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    model = mmzoo.create_model(pretrained=last).eval()
+    assert model.arch_name == "timesformer" and model.cfg.num_frames == 4 and model.num_classes == 6
+    with torch.no_grad():
+        assert model(torch.randn(2, 3, 4, 16, 16)).shape == (2, 6)

@@ -130,6 +130,7 @@ def convert_foreign(sd: dict[str, torch.Tensor], model: nn.Module, path: str = "
     """Map a foreign state dict onto ``model`` with the first converter of its arch that detects it."""
     from . import open_clip as _open_clip, timm as _timm  # noqa: F401  (registers converters)
     from . import hf_wav2vec2 as _hf_wav2vec2  # noqa: F401
+    from . import timesformer as _timesformer  # noqa: F401
 
     own = set(model.state_dict())
     if set(sd) == own:

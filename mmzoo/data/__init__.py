@@ -6,6 +6,8 @@ from .captions import (CaptionsDataModule, CocoCaptionsDataModule, CsvCaptionsDa
 from .cifar10 import CIFAR10DataModule
 from .digits import DigitsDataModule
 from .image_folder import ImageFolderDataModule
+from .moving_shapes import MovingShapesDataModule
+from .video import VideoDataModule
 from .sampler import ResumableSampler
 from .points import PointCloudDataModule, ProceduralShapesDataModule
 from .shapes import ShapesDataModule
@@ -32,4 +34,6 @@ __all__ = [
     "PointCloudDataModule",
     "ProceduralShapesDataModule",
     "ShapesVQADataModule",
+    "MovingShapesDataModule",
+    "VideoDataModule",
 ]

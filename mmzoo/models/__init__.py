@@ -4,6 +4,7 @@ from ._registry import (build_model, create_model, get_model_config, list_archs,
 from . import clip, coca, text, vit  # noqa: F401  (registers presets)
 from . import wav2vec2  # noqa: F401
 from . import point_bert  # noqa: F401  (registers presets)
+from . import timesformer  # noqa: F401
 from .clip import CLIP, CLIPConfig, CLIPOutput
 from .coca import CoCa, CoCaConfig, CoCaOutput
 from .point_bert import PointBERT, PointBERTConfig, PointDVAE, PointDVAEConfig
@@ -41,4 +42,6 @@ __all__ = [
     "PointDVAEConfig",
     "FusionConfig",
     "FusionModel",
+    "TimeSformer",
+    "TimeSformerConfig",
 ]

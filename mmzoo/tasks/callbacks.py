@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 
 import lightning as L
 import torch
@@ -96,3 +98,65 @@ class LogPointClouds(L.Callback):
                 data["val/token_usage"] = wandb.Histogram(np_histogram=(counts.numpy(), edges))
             if data:
                 logger.experiment.log({**data, "trainer/global_step": trainer.global_step})
+
+
+class LogSampleClips(L.Callback):
+    """After each validation epoch, log the first validation clips with their predicted and true labels:
+    a ``wandb.Table`` of ``wandb.Video`` s on W&B, a grid (one row of frames per clip) on TensorBoard.
+
+    Works with any task that fills ``task.val_samples = (clips (B, C, T, H, W), targets, predictions)``
+    and has ``task.class_names``.
+
+    Args:
+        max_samples: clips per table / grid.
+        fps: playback rate of the logged videos.
+    """
+
+    def __init__(self, max_samples: int = 8, fps: int = 4) -> None:
+        self.max_samples = max_samples
+        self.fps = fps
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer: L.Trainer, task: L.LightningModule) -> None:
+        samples = getattr(task, "val_samples", None)
+        if samples is None or trainer.sanity_checking:
+            return
+        clips, targets, preds = (t[: self.max_samples] for t in samples)
+        if clips.dim() != 5:
+            raise ValueError(f"LogSampleClips expects clips of shape (B, C, T, H, W), got {tuple(clips.shape)}")
+        names = getattr(task, "class_names", None) or [str(i) for i in range(int(targets.max()) + 1)]
+        B, C, T, H, W = clips.shape
+        frames = clips.transpose(1, 2).float()  # (B, T, C, H, W)
+        if C == 1:
+            frames = frames.expand(-1, -1, 3, -1, -1)
+        # one display range per clip, so the video does not flicker
+        lo = frames.flatten(1).min(1).values[:, None, None, None, None]
+        hi = frames.flatten(1).max(1).values[:, None, None, None, None]
+        video = ((frames - lo) / (hi - lo).clamp_min(1e-6) * 255).round().to(torch.uint8)  # (B, T, 3, H, W)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                import wandb
+
+                table = wandb.Table(columns=["clip", "prediction", "target", "correct"])
+                tmp = tempfile.mkdtemp(prefix="mmzoo_clips_")
+                for i, (v, p, t) in enumerate(zip(video, preds.tolist(), targets.tolist())):
+                    # GIFs written with Pillow: wandb.Video on arrays would need moviepy + imageio
+                    gif = _write_gif(v, os.path.join(tmp, f"clip{i}.gif"), self.fps)
+                    table.add_data(wandb.Video(gif, format="gif"), names[p], names[t], p == t)
+                logger.experiment.log({"val/sample_clips": table, "trainer/global_step": trainer.global_step})
+            elif isinstance(logger, TensorBoardLogger):
+                from torchvision.utils import make_grid
+
+                grid = make_grid(video.flatten(0, 1), nrow=T, padding=1)
+                logger.experiment.add_image("val/sample_clips", grid, trainer.global_step)
+                text = " | ".join(f"{names[p]} ({names[t]})" for p, t in zip(preds.tolist(), targets.tolist()))
+                logger.experiment.add_text("val/sample_clip_predictions (target)", text, trainer.global_step)
+
+
+def _write_gif(video: torch.Tensor, path: str, fps: int) -> str:
+    """uint8 (T, 3, H, W) -> an animated GIF at ``path``."""
+    from PIL import Image
+
+    frames = [Image.fromarray(f.permute(1, 2, 0).numpy()) for f in video]
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+    return path

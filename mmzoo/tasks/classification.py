@@ -59,7 +59,15 @@ class ClassificationTask(BaseTask):
 
     def _eval_step(self, batch, metrics: MetricCollection, prefix: str) -> torch.Tensor:
         x, y = batch
-        logits = self(x)
+        if x.dim() == 6:
+            # multi-view video evaluation (B, V, C, T, H, W): class probabilities averaged over the V
+            # clips x crops, as in TimeSformer / SlowFast; the log of the mean acts as logits
+            B, V = x.shape[:2]
+            probs = self(x.flatten(0, 1)).softmax(-1).view(B, V, -1).mean(1)
+            logits = probs.clamp_min(1e-12).log()
+            x = x[:, 0]  # the first view stands for the sample in logged predictions
+        else:
+            logits = self(x)
         self._check_batch(logits, y)
         loss = F.cross_entropy(logits, y)
         metrics(logits, y)
@@ -71,7 +79,8 @@ class ClassificationTask(BaseTask):
         logits = self._eval_step(batch, self.val_metrics, "val")
         if batch_idx == 0:
             # kept for sample-prediction logging (mmzoo.tasks.callbacks.LogSamplePredictions)
-            self.val_samples = (batch[0][:16].detach().cpu(), batch[1][:16].cpu(), logits[:16].argmax(-1).cpu())
+            x = batch[0][:, 0] if batch[0].dim() == 6 else batch[0]  # first view of multi-view clips
+            self.val_samples = (x[:16].detach().cpu(), batch[1][:16].cpu(), logits[:16].argmax(-1).cpu())
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.test_metrics, "test")

@@ -46,3 +46,46 @@ def test_tensorboard_gets_an_image_grid_and_captions(tmp_path):
     assert "val/samples" in acc.Tags()["images"]
     image = acc.Images("val/samples")[0]
     assert image.step == 7 and image.width > 8
+
+
+def _fake_clips(loggers):
+    task = SimpleNamespace(val_samples=(torch.randn(3, 3, 4, 8, 8), torch.tensor([0, 1, 2]),
+                                        torch.tensor([0, 2, 2])), class_names=["steady", "bounce", "zigzag"])
+    trainer = SimpleNamespace(loggers=loggers, sanity_checking=False, global_step=5)
+    return trainer, task
+
+
+def test_wandb_logs_sample_clips_as_videos(tmp_path, monkeypatch):
+    import wandb
+
+    from mmzoo.tasks.callbacks import LogSampleClips
+
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = wandb_logger(project="mmzoo-test", save_dir=str(tmp_path))
+    logged = []
+    monkeypatch.setattr(logger.experiment, "log", lambda data, **kw: logged.append(data))
+    trainer, task = _fake_clips([logger])
+    LogSampleClips(max_samples=2).on_validation_epoch_end(trainer, task)
+    table = logged[0]["val/sample_clips"]
+    assert table.columns == ["clip", "prediction", "target", "correct"]
+    assert [row[1:] for row in table.data] == [["steady", "steady", True], ["zigzag", "bounce", False]]
+    assert all(isinstance(row[0], wandb.Video) for row in table.data)
+    assert logged[0]["trainer/global_step"] == 5
+    logger.experiment.finish()
+
+
+def test_tensorboard_gets_clip_frames(tmp_path):
+    from mmzoo.tasks.callbacks import LogSampleClips
+
+    logger = TensorBoardLogger(str(tmp_path), name="tb", version="")
+    trainer, task = _fake_clips([logger])
+    LogSampleClips().on_validation_epoch_end(trainer, task)
+    logger.experiment.flush()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    acc.Reload()
+    image = acc.Images("val/sample_clips")[0]
+    assert image.step == 5 and image.width >= 4 * 8  # one row of 4 frames per clip
