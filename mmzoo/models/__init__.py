@@ -9,10 +9,9 @@ from .clip import CLIP, CLIPConfig, CLIPOutput
 from .coca import CoCa, CoCaConfig, CoCaOutput
 from .point_bert import PointBERT, PointBERTConfig, PointDVAE, PointDVAEConfig
 from . import fusion  # noqa: F401  (registers presets)
-from .clip import CLIP, CLIPConfig, CLIPOutput
-from .coca import CoCa, CoCaConfig, CoCaOutput
 from .fusion import FusionConfig, FusionModel
 from .text import TextConfig, TextTransformer
+from .timesformer import TimeSformer, TimeSformerConfig
 from .vit import VisionTransformer, ViTConfig
 from .wav2vec2 import Wav2Vec2, Wav2Vec2Config
 

@@ -4,7 +4,9 @@ from .base import BaseTask
 from .captioning import CaptioningTask
 from .classification import ClassificationTask
 from .contrastive import ContrastiveTask
+from .distill import DistillationTask
 from .point_bert import PointBERTPretrainTask, PointClassificationTask, PointDVAETask
+from .vqa import VQATask
 
 __all__ = [
     "BaseTask",
@@ -17,6 +19,8 @@ __all__ = [
     "PointBERTPretrainTask",
     "PointClassificationTask",
     "PointDVAETask",
+    "DistillationTask",
+    "VQATask",
     "DistillationTask",
     "VQATask",
 ]

@@ -59,7 +59,7 @@ class ClassificationTask(BaseTask):
 
     def _eval_step(self, batch, metrics: MetricCollection, prefix: str) -> torch.Tensor:
         x, y = batch
-        if x.dim() == 6:
+        if torch.is_tensor(x) and x.dim() == 6:
             # multi-view video evaluation (B, V, C, T, H, W): class probabilities averaged over the V
             # clips x crops, as in TimeSformer / SlowFast; the log of the mean acts as logits
             B, V = x.shape[:2]
@@ -79,7 +79,7 @@ class ClassificationTask(BaseTask):
         logits = self._eval_step(batch, self.val_metrics, "val")
         if batch_idx == 0:
             # kept for sample-prediction logging (mmzoo.tasks.callbacks.LogSamplePredictions)
-            x = batch[0][:, 0] if batch[0].dim() == 6 else batch[0]  # first view of multi-view clips
+            x = batch[0][:, 0] if torch.is_tensor(batch[0]) and batch[0].dim() == 6 else batch[0]  # first view of multi-view clips
             self.val_samples = (x[:16].detach().cpu(), batch[1][:16].cpu(), logits[:16].argmax(-1).cpu())
 
     def test_step(self, batch, batch_idx: int) -> None:
