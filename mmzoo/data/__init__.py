@@ -8,8 +8,9 @@ from .image_folder import ImageFolderDataModule
 from .sampler import ResumableSampler
 from .shapes import ShapesDataModule
 from .shapes_captions import ShapesCaptionsDataModule
+from .text import TextCorpusDataModule
 
 __all__ = ["BaseDataModule", "ImageClassificationDataModule", "SeededTransformDataset", "ResumableSampler",
            "ShapesDataModule", "DigitsDataModule", "ImageFolderDataModule", "CIFAR10DataModule",
            "ShapesCaptionsDataModule", "CaptionsDataModule", "CsvCaptionsDataModule", "WebDatasetCaptionsDataModule",
-           "CocoCaptionsDataModule"]
+           "CocoCaptionsDataModule", "TextCorpusDataModule"]
