@@ -324,11 +324,16 @@ class TransformerLM(nn.Module):
             def step(new: torch.Tensor) -> torch.Tensor:
                 return forward(new)[:, -1]
         else:
-            seen = {"tokens": prompt[:, :0]}
+            seen = {"tokens": prompt[:, :0], "context": context}
 
             def step(new: torch.Tensor) -> torch.Tensor:
                 seen["tokens"] = torch.cat([seen["tokens"], new], dim=1)
-                return self.decode(seen["tokens"], context)[:, -1]
+                return self.decode(seen["tokens"], seen["context"])[:, -1]
+
+            def reorder(index: torch.Tensor) -> None:
+                for key in ("tokens", "context"):
+                    if seen[key] is not None:
+                        seen[key] = seen[key].index_select(0, index)
         if strategy == "beam":
             return generation.beam_search(step, reorder, prompt, max_new_tokens, eot_token_id, pad_token_id,
                                           num_beams)
