@@ -84,6 +84,7 @@ def test_train_checkpoint_rebuild_and_generate_cli(train_cfg, tmp_path, capsys):
     assert ckpt["mmzoo"]["arch"] == "transformer_lm" and isinstance(ckpt["tokenizer"], str)
     model = mmzoo.create_model(pretrained=last).eval()
     assert model.cfg.vocab_size == ckpt["mmzoo"]["config"]["vocab_size"] and model.cfg.context_length == 32
+    capsys.readouterr()  # drop what training printed
     assert generate_main([f"ckpt_path={last}", "prompt=The quick brown", "max_new_tokens=8"]) == 0
     printed = capsys.readouterr().out.strip()
     assert printed.startswith("The quick brown") and len(printed) > len("The quick brown")
