@@ -13,6 +13,7 @@ from .points import PointCloudDataModule, ProceduralShapesDataModule
 from .shapes import ShapesDataModule
 from .shapes_captions import ShapesCaptionsDataModule
 from .shapes_vqa import ShapesVQADataModule
+from .text import TextCorpusDataModule
 
 __all__ = [
     "BaseDataModule",
@@ -36,4 +37,5 @@ __all__ = [
     "ShapesVQADataModule",
     "MovingShapesDataModule",
     "VideoDataModule",
+    "TextCorpusDataModule",
 ]

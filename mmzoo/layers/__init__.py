@@ -3,6 +3,7 @@ from .attention import Attention, KVCache, build_attn_mask, set_fused_attn, use_
 from .block import Block, Transformer, build_blocks, run_blocks
 from .drop import DropPath, LayerScale, drop_path
 from .mlp import GEGLU, GluMlp, Mlp, SwiGLU, get_mlp_layer
+from .moe import MoE
 from .norm import LayerNorm, RMSNorm, get_norm_layer
 from .pos_embed import (RotaryEmbedding, resample_abs_pos_embed, sincos_2d_pos_embed,
                         sinusoidal_pos_embed)
@@ -18,4 +19,5 @@ __all__ = [
     "RotaryEmbedding", "resample_abs_pos_embed", "sincos_2d_pos_embed", "sinusoidal_pos_embed",
     "PatchEmbed",
     "MiniPointNet", "chamfer_distance", "farthest_point_sample", "group_points", "index_points", "knn",
+    "MoE",
 ]

@@ -66,6 +66,11 @@ class KVCache:
         if self.k is not None:
             self.k, self.v = self.k.index_select(0, index), self.v.index_select(0, index)
 
+    def crop(self, length: int) -> None:
+        """Keep the first ``length`` positions (roll back rejected tokens of speculative decoding)."""
+        if self.k is not None and not self.static:
+            self.k, self.v = self.k[:, :, :length], self.v[:, :, :length]
+
 
 def build_attn_mask(
     q_len: int,
@@ -207,6 +212,7 @@ class Attention(nn.Module):
         is_causal: bool = False,
         kv_cache: Optional[KVCache] = None,
         position_offset: Optional[int] = None,
+        attn_bias: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Attend from ``x`` (B, L, dim) to itself or to ``context`` (B, S, context_dim).
 
@@ -216,6 +222,8 @@ class Attention(nn.Module):
             is_causal: causal self-attention (bottom-right aligned when a cache holds past keys).
             kv_cache: a :class:`KVCache` updated in place (incremental decoding).
             position_offset: position of the first query for RoPE (default: the cache length).
+            attn_bias: additive float bias broadcastable to (B, H, L, S) (T5's relative positions),
+                combined with the boolean masks above.
         Returns:
             (B, L, dim)
         """
@@ -237,6 +245,12 @@ class Attention(nn.Module):
         gqa = self.num_kv_heads != self.num_heads
         causal = is_causal and not self.cross_attn
         dropout_p = self.attn_drop.p if self.training else 0.0
+        if attn_bias is not None:
+            # fold every boolean mask into the bias: one additive mask for both paths
+            mask = build_attn_mask(L, S, causal, key_padding_mask, attn_mask, device=x.device)
+            bias = attn_bias.to(q.dtype)
+            attn_mask = bias if mask is None else torch.where(mask, bias, float("-inf"))
+            causal, key_padding_mask = False, None
 
         if self._use_fused():
             # GQA/MQA: SDPA broadcasts each key/value head over its group of query heads itself

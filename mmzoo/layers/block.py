@@ -97,12 +97,14 @@ class Block(nn.Module):
         context_padding_mask: Optional[torch.Tensor] = None,
         kv_cache: Optional[KVCache] = None,
         cross_kv_cache: Optional[KVCache] = None,
+        attn_bias: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
-        """x: (B, L, dim); context: (B, S, context_dim) for cross-attention. Returns (B, L, dim)."""
+        """x: (B, L, dim); context: (B, S, context_dim) for cross-attention; attn_bias: additive float bias
+        of the self-attention (B or 1, H, L, S). Returns (B, L, dim)."""
         x = self._residual(
             x, self.norm1,
             lambda h: self.attn(h, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
-                                is_causal=is_causal, kv_cache=kv_cache),
+                                is_causal=is_causal, kv_cache=kv_cache, attn_bias=attn_bias),
             self.ls1, self.drop_path1)
         if self.cross_attn is not None:
             x = self._residual(

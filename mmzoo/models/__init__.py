@@ -1,15 +1,12 @@
 """Model families of the zoo. Importing this package registers every preset."""
 from ._registry import (build_model, create_model, get_model_config, list_archs, list_models, register_arch,
                         register_model)
-from . import clip, coca, text, vit  # noqa: F401  (registers presets)
-from . import wav2vec2  # noqa: F401
-from . import point_bert  # noqa: F401  (registers presets)
-from . import timesformer  # noqa: F401
+from . import clip, coca, fusion, language, point_bert, text, timesformer, vit, wav2vec2  # noqa: F401  (registers presets)
 from .clip import CLIP, CLIPConfig, CLIPOutput
 from .coca import CoCa, CoCaConfig, CoCaOutput
-from .point_bert import PointBERT, PointBERTConfig, PointDVAE, PointDVAEConfig
-from . import fusion  # noqa: F401  (registers presets)
 from .fusion import FusionConfig, FusionModel
+from .language import LMConfig, LMOutput, TransformerLM
+from .point_bert import PointBERT, PointBERTConfig, PointDVAE, PointDVAEConfig
 from .text import TextConfig, TextTransformer
 from .timesformer import TimeSformer, TimeSformerConfig
 from .vit import VisionTransformer, ViTConfig
@@ -43,4 +40,7 @@ __all__ = [
     "FusionModel",
     "TimeSformer",
     "TimeSformerConfig",
+    "LMConfig",
+    "LMOutput",
+    "TransformerLM",
 ]

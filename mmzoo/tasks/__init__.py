@@ -5,6 +5,7 @@ from .captioning import CaptioningTask
 from .classification import ClassificationTask
 from .contrastive import ContrastiveTask
 from .distill import DistillationTask
+from .language_modeling import LanguageModelingTask
 from .point_bert import PointBERTPretrainTask, PointClassificationTask, PointDVAETask
 from .vqa import VQATask
 
@@ -21,6 +22,5 @@ __all__ = [
     "PointDVAETask",
     "DistillationTask",
     "VQATask",
-    "DistillationTask",
-    "VQATask",
+    "LanguageModelingTask",
 ]
