@@ -89,7 +89,8 @@ def to_wav(src: Path, dst: Path, sample_rate: Optional[int]) -> float:
 def subset_of(archive: Path) -> str:
     name = archive.name.removesuffix(".tar.gz").removesuffix(".tgz").removesuffix(".tar")
     if name not in MD5:
-        raise SystemExit(f"error: cannot tell the subset of {archive}: name it <subset>.tar.gz, subset one of {sorted(MD5)}")
+        raise SystemExit(f"error: cannot tell the subset of {archive}: name it <subset>.tar.gz, subset one of "
+                         f"{sorted(MD5)}")
     return name
 
 
@@ -109,7 +110,8 @@ def prepare_subset(subset: str, root: Path, archive: Optional[Path], check_md5: 
     tmp = extract(archive, root / "LibriSpeech" / f".{subset}-archive")
     inner = tmp / "LibriSpeech" / subset
     if not inner.is_dir():
-        raise SystemExit(f"error: {archive} has no LibriSpeech/{subset}/ folder; is it the LibriSpeech {subset} archive?")
+        raise SystemExit(f"error: {archive} has no LibriSpeech/{subset}/ folder; is it the LibriSpeech {subset} "
+                         f"archive?")
     if target.exists():
         shutil.rmtree(target)
     os.replace(inner, target)
@@ -131,7 +133,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--from-archive", type=Path, nargs="+", default=[],
                         help="already downloaded <subset>.tar.gz archives to use instead of downloading")
     parser.add_argument("--no-md5", action="store_true", help="skip the md5 check of the archives")
-    parser.add_argument("--to-wav", action="store_true", help="write wav copies under root/wav/ instead of using the flac files")
+    parser.add_argument("--to-wav", action="store_true",
+                        help="write wav copies under root/wav/ instead of using the flac files")
     parser.add_argument("--sample-rate", type=int, default=None, help="resample the wav copies (needs --to-wav)")
     parser.add_argument("--lowercase", action="store_true", help="lowercase the transcripts")
     parser.add_argument("--max-utterances", type=int, default=None, help="keep the first N utterances of each subset")

@@ -78,7 +78,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--sha256", default=SHA256,
                         help="expected sha256 of the archive (default: the official one; 'none' skips the check)")
     parser.add_argument("--keywords", default=None, help="comma-separated words to keep (default: all 35)")
-    parser.add_argument("--unknown", action="store_true", help="label the other words 'unknown' instead of dropping them")
+    parser.add_argument("--unknown", action="store_true",
+                        help="label the other words 'unknown' instead of dropping them")
     parser.add_argument("--layout", choices=("manifest", "folders"), default="manifest")
     parser.add_argument("--force", action="store_true", help="re-extract even if the data is already there")
     args = parser.parse_args(argv)
