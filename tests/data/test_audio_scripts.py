@@ -78,6 +78,17 @@ def test_plan_draws_distinct_settings_and_speaker_split_is_disjoint(scripts):
     assert not (voices["val"] & voices["test"]) and voices["val"] and voices["test"]
 
 
+def test_missing_espeak_names_the_install_command(scripts, monkeypatch):
+    msd = scripts("make_spoken_digits")
+    monkeypatch.setattr(msd.shutil, "which", lambda name: None)
+    monkeypatch.setattr(msd.os, "geteuid", lambda: 1000, raising=False)  # not root: never runs apt-get
+    monkeypatch.setattr(msd.subprocess, "run", lambda *a, **k: pytest.fail("must not install without root"))
+    with pytest.raises(SystemExit, match="apt-get install -y espeak-ng"):
+        msd.ensure_espeak()
+    with pytest.raises(SystemExit, match="apt-get install -y espeak-ng"):
+        msd.ensure_espeak(install=False)
+
+
 @pytest.mark.skipif(not HAS_ESPEAK, reason="espeak-ng is not installed (apt-get install -y espeak-ng)")
 def test_spoken_digits_load_through_audio_folder(scripts, tmp_path, capsys):
     msd = scripts("make_spoken_digits")
