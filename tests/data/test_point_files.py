@@ -3,6 +3,10 @@ ShapeNet-55 npy, a class-per-folder tree of npy / ply / off; malformed files ski
 with strict; a Point-BERT classification step trains on the folder tree."""
 from __future__ import annotations
 
+import hashlib
+import importlib.util
+import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -297,3 +301,84 @@ def test_point_bert_classification_trains_on_point_folder(train_cfg, tmp_path):
     assert task.model.num_classes == 3 and task.class_names == ["box", "cloud", "flat"]
     m = train(cfg)
     assert 0 <= m["test/acc1"] <= 1
+
+
+# -- data_scripts/prepare_modelnet40.py, prepare_shapenet55.py ---------------------------------------
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "data_scripts" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _zip_tree(folder: Path, archive: Path, arcroot: str) -> Path:
+    with zipfile.ZipFile(archive, "w") as z:
+        for f in sorted(folder.rglob("*")):
+            z.write(f, f"{arcroot}/{f.relative_to(folder)}")
+    return archive
+
+
+def test_prepare_modelnet40_txt_from_zip(tmp_path, capsys):
+    script = _load_script("prepare_modelnet40")
+    src = write_modelnet_txt(tmp_path / "src")
+    archive = _zip_tree(src, tmp_path / "modelnet40_normal_resampled.zip", "modelnet40_normal_resampled")
+    md5 = hashlib.md5(archive.read_bytes()).hexdigest()
+    root = tmp_path / "data"
+    with pytest.raises(SystemExit, match="md5 of .* expected 0+"):
+        script.main(["--root", str(root), "--from-archive", str(archive), "--md5", "0" * 32])
+    assert script.main(["--root", str(root), "--from-archive", str(archive), "--md5", md5]) == 0
+    assert f"data=modelnet40 data.root={root}" in capsys.readouterr().out
+    assert sorted(p.name for p in root.iterdir()) == ["modelnet40_normal_resampled"]  # no temp folder left
+    dm = ModelNet40DataModule(root=root, num_points=64)
+    dm.setup("fit")
+    assert dm.num_classes == 3 and len(dm.train_set) == 9 and len(dm.test_set) == 3
+    assert script.main(["--root", str(root), "--from-archive", str(archive)]) == 0
+    assert "already prepared" in capsys.readouterr().out
+
+
+def test_prepare_modelnet40_off_from_tar_to_npy(tmp_path, capsys):
+    script = _load_script("prepare_modelnet40")
+    src = write_modelnet_off(tmp_path / "src")
+    (src / "chair" / "train" / "broken.off").write_text("COFF\n")
+    archive = tmp_path / "ModelNet40.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(src, arcname="ModelNet40")
+    root, out = tmp_path / "data", tmp_path / "npy"
+    assert script.main(["--root", str(root), "--format", "off", "--from-archive", str(archive),
+                        "--to-npy", str(out), "--num-points", "32", "--mesh-points", "256"]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 6 point sets, skipped 1 malformed files" in printed and "broken.off" in printed
+    assert f"data=point_folder data.root={out} data.num_points=32" in printed
+    saved = np.load(out / "train" / "bed" / "bed_0001.npy")
+    assert saved.shape == (32, 3) and saved.dtype == np.float32
+    dm = PointFolderDataModule(root=out, num_points=32, augment=False)
+    dm.setup("fit")
+    assert dm.class_names == ["bed", "chair"] and len(dm.train_set) == 4 and len(dm.test_set) == 2
+    with pytest.raises(SystemExit, match=r"no modelnet40_normal_resampled/ folder.*--format txt"):
+        script.main(["--root", str(tmp_path / "other"), "--from-archive", str(archive), "--format", "txt"])
+
+
+def test_prepare_shapenet55_from_tar(tmp_path, capsys):
+    script = _load_script("prepare_shapenet55")
+    src = write_shapenet55(tmp_path / "src" / "ShapeNet55-34")
+    archive = tmp_path / "ShapeNet55-34.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(src, arcname="ShapeNet55-34")
+    root = tmp_path / "data"
+    assert script.main(["--root", str(root), "--from-archive", str(archive)]) == 0
+    assert "2 test shapes" in capsys.readouterr().out
+    assert sorted(p.name for p in root.iterdir()) == ["ShapeNet-55", "shapenet_pc"]
+    dm = ShapeNet55DataModule(root=root, num_points=64)
+    dm.setup("fit")
+    assert dm.num_classes == 2 and len(dm.train_set) == 4
+    # a listed file missing from the archive is named
+    (src / "shapenet_pc" / "03001627-model001.npy").unlink()
+    broken = tmp_path / "broken.zip"
+    _zip_tree(src, broken, "ShapeNet55-34")
+    with pytest.raises(SystemExit, match="missing from .*03001627-model001.npy"):
+        script.main(["--root", str(tmp_path / "other"), "--from-archive", str(broken)])
+    assert not (tmp_path / "other" / "shapenet_pc").exists()
