@@ -85,7 +85,8 @@ def replace_dir(src: Path, target: Path) -> None:
     os.replace(src, target)
 
 
-def convert_to_npy(samples: Iterable[tuple[Path, Path]], num_points: int, mesh_points: int, seed: int) -> tuple[int, list[str]]:
+def convert_to_npy(samples: Iterable[tuple[Path, Path]], num_points: int, mesh_points: int,
+                   seed: int) -> tuple[int, list[str]]:
     """Write every ``(source, dest.npy)`` as a (num_points, 3) float32 point set (meshes sampled on their
     surface from ``seed``, then farthest point sampling; smaller clouds padded by repeating points).
     Returns (written, skipped descriptions)."""

@@ -7,7 +7,8 @@ Two sources, both 40 classes, 9843 train / 2468 test shapes:
 * ``--format off``: Princeton's ``ModelNet40.zip`` meshes; gives ``<root>/ModelNet40/<class>/{train,test}/``.
 
     python data_scripts/prepare_modelnet40.py --root data/modelnet40
-    python data_scripts/prepare_modelnet40.py --root data/modelnet40 --from-archive ~/Downloads/modelnet40_normal_resampled.zip
+    python data_scripts/prepare_modelnet40.py --root data/modelnet40 \\
+        --from-archive ~/Downloads/modelnet40_normal_resampled.zip
     python data_scripts/prepare_modelnet40.py --root data/modelnet40 --format off --from-archive ModelNet40.zip \\
         --to-npy data/modelnet40_npy --num-points 1024
 
@@ -26,7 +27,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from point_archives import check_md5, convert_to_npy, download, extract_archive, find_dir, replace_dir, temp_dir  # noqa: E402
+from point_archives import (check_md5, convert_to_npy, download, extract_archive, find_dir,  # noqa: E402
+                            replace_dir, temp_dir)
 
 URLS = {"txt": "https://shapenet.cs.stanford.edu/media/modelnet40_normal_resampled.zip",
         "off": "http://modelnet.cs.princeton.edu/ModelNet40.zip"}

@@ -201,6 +201,8 @@ class PointFileDataset(Dataset):
         name: data set name for the skip summary.
     """
 
+    CHUNK = 512  # files read before their clouds are reduced to num_points
+
     def __init__(self, samples: Sequence[tuple[PathLike, int]], num_points: int, sampling: str = "fps",
                  seed: int = 0, split: str = "train", strict: bool = False, min_points: int = 32,
                  mesh_points: int = 8192, name: str = "point files") -> None:
@@ -210,6 +212,7 @@ class PointFileDataset(Dataset):
         self.labels: list[int] = []
         self.paths: list[str] = []
         raw: list[tuple[int, np.ndarray]] = []
+        done: list[torch.Tensor] = []  # resampled in chunks: full-size clouds of a whole split need not fit in memory
         for i, (path, label) in enumerate(samples):
             s = sample_seed(seed, SPLIT_IDS.get(split, 0), i)
             try:
@@ -229,11 +232,15 @@ class PointFileDataset(Dataset):
             raw.append((s, pts.astype(np.float32)))
             self.labels.append(int(label))
             self.paths.append(str(path))
+            if len(raw) == self.CHUNK:
+                done.append(self._resample(raw, num_points, sampling))
+                raw = []
         if self.skipped:
             first = "; ".join(f"{p} ({why})" for p, why in self.skipped[:3])
             log.warning("%s %s: skipped %d malformed of %d files; first: %s", name, split, len(self.skipped),
                         len(samples), first)
-        self.points = self._resample(raw, num_points, sampling)
+        done.append(self._resample(raw, num_points, sampling))
+        self.points = torch.cat(done)
 
     @staticmethod
     def _resample(raw: list[tuple[int, np.ndarray]], num_points: int, sampling: str) -> torch.Tensor:

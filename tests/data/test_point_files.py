@@ -136,7 +136,8 @@ def test_off_quads_are_fanned_and_samples_lie_on_the_surface(tmp_path):
     assert np.abs(p).max() <= 1 + 1e-6
     assert np.allclose(np.abs(p).max(axis=1), 1.0, atol=1e-6)
     # area-weighted: every face gets about 1/6 of the points
-    face_counts = np.bincount(np.argmax(np.abs(p), axis=1) * 2 + (p[np.arange(2000), np.argmax(np.abs(p), 1)] > 0), minlength=6)
+    axis = np.argmax(np.abs(p), axis=1)
+    face_counts = np.bincount(axis * 2 + (p[np.arange(2000), axis] > 0), minlength=6)
     assert face_counts.min() > 2000 / 6 * 0.7
     assert np.array_equal(p, load_point_file(path, mesh_points=2000, seed=1))  # deterministic from the seed
     assert not np.array_equal(p, load_point_file(path, mesh_points=2000, seed=2))
@@ -382,3 +383,12 @@ def test_prepare_shapenet55_from_tar(tmp_path, capsys):
     with pytest.raises(SystemExit, match="missing from .*03001627-model001.npy"):
         script.main(["--root", str(tmp_path / "other"), "--from-archive", str(broken)])
     assert not (tmp_path / "other" / "shapenet_pc").exists()
+
+
+def test_reading_in_chunks_changes_nothing(tmp_path, monkeypatch):
+    from mmzoo.data.point_files import PointFileDataset
+    files = [(write_npy(tmp_path / f"{k}.npy", cloud(100 + 20 * (k % 2), k)), k % 3) for k in range(7)]
+    whole = PointFileDataset(files, num_points=32)
+    monkeypatch.setattr(PointFileDataset, "CHUNK", 3)
+    chunked = PointFileDataset(files, num_points=32)
+    assert torch.equal(whole.points, chunked.points) and whole.labels == chunked.labels == [0, 1, 2, 0, 1, 2, 0]
