@@ -10,6 +10,7 @@ from .moving_shapes import MovingShapesDataModule
 from .video import VideoDataModule
 from .sampler import ResumableSampler
 from .points import PointCloudDataModule, ProceduralShapesDataModule
+from .point_files import ModelNet40DataModule, PointFolderDataModule, ShapeNet55DataModule
 from .shapes import ShapesDataModule
 from .shapes_captions import ShapesCaptionsDataModule
 from .shapes_vqa import ShapesVQADataModule
@@ -38,4 +39,7 @@ __all__ = [
     "MovingShapesDataModule",
     "VideoDataModule",
     "TextCorpusDataModule",
+    "ModelNet40DataModule",
+    "ShapeNet55DataModule",
+    "PointFolderDataModule",
 ]
