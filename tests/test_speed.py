@@ -33,15 +33,42 @@ def _image_text(model: torch.nn.Module) -> tuple[torch.Tensor, ...]:
     return _images(model.cfg.vision), _tokens(model.cfg.text)
 
 
+def _clips(model: torch.nn.Module) -> tuple[torch.Tensor, ...]:
+    cfg = model.cfg
+    return (torch.randn(2, cfg.in_chans, cfg.num_frames, cfg.img_size, cfg.img_size),)  # (B, C, T, H, W)
+
+
+def _lm_tokens(model: torch.nn.Module) -> tuple[torch.Tensor, ...]:
+    cfg = model.cfg
+    tokens = torch.randint(0, cfg.vocab_size, (2, cfg.context_length))
+    return (tokens, tokens[:, : cfg.context_length // 2]) if cfg.kind == "encoder_decoder" else (tokens,)
+
+
+def _image_question(model: torch.nn.Module) -> tuple[torch.Tensor, ...]:
+    cfg = model.cfg
+    return _images(cfg.vision), torch.randint(0, cfg.text.vocab_size, (2, cfg.text.context_length))
+
+
 # arch -> (tiny preset, inputs of its forward); a new architecture is one line here
 TINY: dict[str, tuple[str, Callable[[torch.nn.Module], tuple[torch.Tensor, ...]]]] = {
     "vit": ("vit_nano_patch4_32", lambda m: (_images(m.cfg),)),
     "clip": ("clip_nano", _image_text),
     "coca": ("coca_nano", _image_text),
+    "wav2vec2": ("wav2vec2_tiny", lambda m: (torch.randn(2, 16000),)),
+    "timesformer": ("timesformer_tiny_divided", _clips),
+    "point_bert": ("point_bert_tiny", lambda m: (torch.randn(2, 512, 3),)),
+    # GPT-style; T5's relative position bias is a learned additive bias, which SDPA's flash kernel cannot
+    # take (it runs the math kernel on CPU and the memory-efficient kernel on GPU; see the README)
+    "transformer_lm": ("gpt_nano", _lm_tokens),
+    "fusion": ("fusion_tiny", _image_question),
 }
+# architectures without attention layers (the dVAE tokenizer is a DGCNN encoder + convolutional decoder)
+NO_ATTENTION = {"point_bert_dvae"}
 
 
 def _tiny(arch: str) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
+    if arch in NO_ATTENTION:
+        pytest.skip(f"{arch} has no attention or transformer blocks")
     if arch not in TINY:
         pytest.skip(f"no tiny preset / input builder for arch {arch!r} in tests/test_speed.py: TINY")
     torch.manual_seed(0)
