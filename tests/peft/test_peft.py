@@ -10,7 +10,7 @@ import fnmatch
 import pytest
 import torch
 
-from mmzoo.models import create_model
+from mmzoo.models import create_model as _create_model
 from mmzoo.peft import (DEFAULT_HEAD, LoRALinear, apply_peft, count_parameters, load_adaptation, merge_lora,
                         save_adaptation, unmerge_lora)
 from mmzoo.tasks.base import param_groups_weight_decay
@@ -25,12 +25,20 @@ def _images_tokens(m, B=2):
     return torch.randn(B, 3, 32, 32), torch.randint(1, vocab, (B, m.cfg.text.context_length))
 
 
-# preset -> input builder (add a model here: e.g. "wav2vec2_tiny": lambda m, B=2: (torch.randn(B, 16000),))
+# preset -> input builder (a new model joins with one line here)
 PRESETS = {
     "vit_nano_patch4_32": _images,
     "clip_nano": _images_tokens,
     "coca_nano": _images_tokens,
+    "wav2vec2_tiny": lambda model: (torch.randn(2, 8000),),  # 0.5 s of 16 kHz audio
 }
+# config overrides that make a preset the model users adapt (wav2vec 2.0: a classifier without the
+# pretraining quantizer, as task=audio_classification builds it)
+OVERRIDES = {"wav2vec2_tiny": {"num_classes": 10, "pretrain_head": False}}
+
+
+def create_model(name, **kwargs):
+    return _create_model(name, **{**OVERRIDES.get(name, {}), **kwargs})
 METHODS = {
     "lora": {"method": "lora", "r": 4, "alpha": 8.0},
     "adapter": {"method": "adapter", "bottleneck": 8},
@@ -165,7 +173,8 @@ def test_adaptation_checkpoint_round_trip(tmp_path, preset, method):
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.05)
-    path = save_adaptation(model, tmp_path / "adapter.pt", {"model_name": preset, "pretrained": str(base_path)})
+    path = save_adaptation(model, tmp_path / "adapter.pt", {"model_name": preset, "pretrained": str(base_path),
+                                                           "overrides": OVERRIDES.get(preset, {})})
     raw = torch.load(path, weights_only=True)
     assert set(raw["state_dict"]) == {n for n, p in model.named_parameters() if p.requires_grad}
     assert raw["base"]["pretrained"] == str(base_path) and raw["peft"]["method"] == method
