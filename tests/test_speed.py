@@ -11,7 +11,7 @@ import torch._dynamo as dynamo
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import mmzoo
-from mmzoo.layers import Attention
+from mmzoo.layers import Attention, DropPath
 from mmzoo.layers.block import Block
 from mmzoo.models import list_archs
 from mmzoo.models.speed import compile_model, set_grad_checkpointing
@@ -74,6 +74,15 @@ def _tiny(arch: str) -> tuple[torch.nn.Module, tuple[torch.Tensor, ...]]:
     torch.manual_seed(0)
     name, inputs = TINY[arch]
     model = mmzoo.create_model(name)
+    # no dropout / stochastic depth, so train mode is deterministic (two forwards give the same numbers) and
+    # attention can run on the CPU flash kernel, which has no dropout (SDPA falls back to its math kernel on
+    # CPU when dropout_p > 0; the CUDA flash kernel does take dropout). Presets that train with them
+    # (wav2vec2_tiny, point_bert_tiny) keep them everywhere else.
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        elif isinstance(m, DropPath):
+            m.drop_prob = 0.0
     return model, inputs(model)
 
 
@@ -124,7 +133,7 @@ def test_every_attention_runs_on_the_flash_kernel(arch, device):
 @pytest.mark.parametrize("arch", list_archs())
 def test_grad_checkpointing_same_outputs_and_grads_fewer_saved_activations(arch):
     model, inputs = _tiny(arch)
-    model.train()  # dropout / drop-path are 0 in the tiny presets: train mode is deterministic here
+    model.train()  # dropout and drop-path are off (_tiny): train mode is deterministic here
 
     depth = [0]  # > 0 while inside a transformer block's forward
     for blk in (m for m in model.modules() if isinstance(m, Block)):
@@ -215,3 +224,24 @@ def test_gqa_fused_path_matches_reference_without_repeating_keys():
             fused = attn(x, **kw)
         attn.fused_attn = False
         torch.testing.assert_close(fused, attn(x, **kw), rtol=1e-5, atol=1e-6)
+
+
+def test_wav2vec2_padding_mask_only_when_padded_and_flash_takes_it_on_cpu():
+    """An unpadded batch passes no mask to attention; a padded one a (B, T) key-padding mask (a (B, 1, 1, T)
+    SDPA mask), which the CPU flash kernel takes: ``sdpa_kernel([FLASH_ATTENTION])`` raises otherwise."""
+    torch.manual_seed(0)
+    model = mmzoo.create_model("wav2vec2_tiny").eval()
+    masks = []
+    hooks = [m.register_forward_pre_hook(lambda mod, args, kw: masks.append(kw.get("key_padding_mask")),
+                                         with_kwargs=True) for m in model.modules() if isinstance(m, Attention)]
+    wav = torch.randn(2, 16000)
+    with torch.no_grad(), sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+        model(wav, torch.tensor([16000, 16000]))
+        assert len(masks) == model.cfg.depth and all(m is None for m in masks)
+        masks.clear()
+        out, padding = model.forward_features(wav, torch.tensor([16000, 9600]))
+    for h in hooks:
+        h.remove()
+    assert padding is not None and padding[1].any() and not padding[0].any()
+    assert len(masks) == model.cfg.depth and all(torch.equal(m, padding) for m in masks)
+    assert torch.isfinite(out).all()

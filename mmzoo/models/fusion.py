@@ -33,7 +33,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 
-from ..layers import Block, Mlp, Transformer, get_mlp_layer, get_norm_layer
+from ..layers import Block, Mlp, Transformer, get_mlp_layer, get_norm_layer, run_blocks
 from ._registry import register_arch, register_model
 from .text import TextConfig, TextTransformer
 from .vit import VisionTransformer, ViTConfig, get_act_layer
@@ -108,6 +108,7 @@ class CoAttentionLayer(nn.Module):
 
     def __init__(self, num_streams: int, drop_path: float = 0.0, **block_kwargs) -> None:
         super().__init__()
+        self.grad_checkpointing = False  # activation checkpointing of every stream's block
         self.blocks = nn.ModuleList([Block(cross_attn=True, drop_path=drop_path, **block_kwargs)
                                      for _ in range(num_streams)])
 
@@ -118,7 +119,8 @@ class CoAttentionLayer(nn.Module):
             context = torch.cat([xs[j] for j in others], dim=1)  # (B, S, dim)
             ctx_mask = _cat_masks([masks[j] for j in others], [xs[j].shape[1] for j in others],
                                   xs[i].shape[0], xs[i].device)
-            out.append(blk(xs[i], context=context, key_padding_mask=masks[i], context_padding_mask=ctx_mask))
+            out.append(run_blocks([blk], xs[i], self.grad_checkpointing, context=context, key_padding_mask=masks[i],
+                                  context_padding_mask=ctx_mask))
         return out
 
 

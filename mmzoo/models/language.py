@@ -161,6 +161,7 @@ class TransformerLM(nn.Module):
                                       drop=cfg.proj_drop_rate)
             return stack
 
+        self.grad_checkpointing = False  # activation checkpointing of every block (encoder and decoder)
         self.blocks = blocks(cfg.depth)
         self.norm = nn.Identity() if cfg.post_norm else norm_layer(D)
         if cfg.kind == "encoder_decoder":
@@ -224,7 +225,7 @@ class TransformerLM(nn.Module):
         ``key_padding_mask`` (B, S) is True at padding."""
         x = self.embed(tokens)
         bias = self.rel_bias(x.shape[1], x.shape[1]) if self.cfg.pos_embed == "relative" else None
-        x = run_blocks(self.blocks, x, key_padding_mask=key_padding_mask, attn_bias=bias)
+        x = run_blocks(self.blocks, x, self.grad_checkpointing, key_padding_mask=key_padding_mask, attn_bias=bias)
         return self.norm(x)
 
     def decode(self, tokens: torch.Tensor, context: Optional[torch.Tensor] = None,
@@ -238,12 +239,12 @@ class TransformerLM(nn.Module):
             if self.cfg.kind != "decoder":
                 raise ValueError("decode() needs kind 'decoder' or 'encoder_decoder'")
             bias = self.rel_bias(L, S, offset) if self.cfg.pos_embed == "relative" else None
-            x = run_blocks(self.blocks, x, kv_caches=kv_caches, is_causal=True, attn_bias=bias)
+            x = run_blocks(self.blocks, x, self.grad_checkpointing, kv_caches=kv_caches, is_causal=True, attn_bias=bias)
             return self.lm_head(self.norm(x))
         if context is None:
             raise ValueError("an encoder-decoder model needs the encoder output `context` to decode")
         bias = self.decoder_rel_bias(L, S, offset) if self.cfg.pos_embed == "relative" else None
-        x = run_blocks(self.decoder_blocks, x, kv_caches=kv_caches, context=context,
+        x = run_blocks(self.decoder_blocks, x, self.grad_checkpointing, kv_caches=kv_caches, context=context,
                        context_padding_mask=context_padding_mask, is_causal=True, attn_bias=bias)
         return self.lm_head(self.decoder_norm(x))
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import MiniPointNet, build_blocks, group_points, index_points, knn
+from ..layers import MiniPointNet, build_blocks, group_points, index_points, knn, run_blocks
 from ._registry import register_arch, register_model
 
 
@@ -231,6 +231,7 @@ class PointBERT(nn.Module):
         self.cls_pos = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.pos_embed = nn.Sequential(nn.Linear(3, cfg.pos_hidden), nn.GELU(), nn.Linear(cfg.pos_hidden, cfg.dim))
+        self.grad_checkpointing = False  # activation checkpointing of every block
         self.blocks = build_blocks(cfg.depth, cfg.drop_path_rate, dim=cfg.dim, num_heads=cfg.num_heads,
                                    mlp_ratio=cfg.mlp_ratio, qkv_bias=cfg.qkv_bias, fused_attn=cfg.fused_attn)
         self.norm = nn.LayerNorm(cfg.dim)
@@ -281,7 +282,8 @@ class PointBERT(nn.Module):
         x = torch.cat([self.cls_token.expand(B, -1, -1), x], dim=1)  # (B, 1 + G, dim)
         pos = torch.cat([self.cls_pos.expand(B, -1, -1), self.pos_embed(centers)], dim=1)
         for blk in self.blocks:
-            x = blk(x + pos)  # positions are re-added at every block (Point-BERT's TransformerEncoder)
+            # positions are re-added at every block (Point-BERT's TransformerEncoder)
+            x = run_blocks([blk], x + pos, self.grad_checkpointing)
         return self.norm(x)
 
     def forward_features(self, points: torch.Tensor) -> torch.Tensor:

@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import Attention, DropPath, PatchEmbed, build_blocks, get_mlp_layer, get_norm_layer, run_blocks
+from ..layers import Attention, Block, PatchEmbed, build_blocks, get_norm_layer, run_blocks
 from ..layers import resample_abs_pos_embed
 from ._registry import register_arch, register_model
 from .vit import get_act_layer
@@ -111,7 +111,7 @@ def group_tokens(x: torch.Tensor, factors) -> tuple[torch.Tensor, tuple]:
     s_dims = [i + 1 for i, (_, k) in enumerate(factors) if k == "s"]
     perm = [0, *g_dims, *s_dims, 7]
     x = x.reshape(B, *sizes, D).permute(perm)  # (B, *group factors, *sequence factors, D)
-    G = math.prod(sizes[d - 1] for d in g_dims)
+    G = math.prod([sizes[d - 1] for d in g_dims])  # a list, not a generator: torch.compile traces it
     return x.reshape(B * G, -1, D), (B, sizes, perm, x.shape)
 
 
@@ -123,8 +123,12 @@ def ungroup_tokens(x: torch.Tensor, state: tuple) -> torch.Tensor:
     return x.reshape(B, math.prod(sizes), x.shape[-1])
 
 
-class SpaceTimeBlock(nn.Module):
+class SpaceTimeBlock(Block):
     """A TimeSformer block: the scheme's attention steps (each a pre-norm residual), then the MLP.
+
+    It is a :class:`~mmzoo.layers.Block` (whose ``norm1/attn/norm2/mlp`` are its spatial step and MLP,
+    under the same names), so ``model.compile`` compiles it, FSDP wraps it and the speed tests find it;
+    its ``forward`` takes the patch grid instead of masks.
 
     Steps per scheme (norm, attention, optional zero-init projection, grouping, class token joins):
 
@@ -151,7 +155,8 @@ class SpaceTimeBlock(nn.Module):
                  local_size: Optional[tuple[int, int]] = None, global_stride: int = 2, proj_drop: float = 0.0,
                  attn_drop: float = 0.0, drop_path: float = 0.0, act_layer: type[nn.Module] = nn.GELU,
                  norm_layer: type[nn.Module] = nn.LayerNorm, fused_attn: Optional[bool] = None) -> None:
-        super().__init__()
+        super().__init__(dim, num_heads, mlp_ratio, qkv_bias=qkv_bias, proj_drop=proj_drop, attn_drop=attn_drop,
+                         drop_path=drop_path, act_layer=act_layer, norm_layer=norm_layer, fused_attn=fused_attn)
         self.attention = attention
         self.local_size = local_size
         self.global_stride = global_stride
@@ -174,13 +179,12 @@ class SpaceTimeBlock(nn.Module):
             raise ValueError(f"unknown attention scheme {attention!r}; valid choices: {list(SCHEMES)}")
         self.steps = steps
         for norm_name, attn_name, fc_name, _, _ in steps:
-            setattr(self, norm_name, norm_layer(dim))
-            setattr(self, attn_name, attn())
+            if attn_name != "attn":  # norm1 / attn / norm2 / mlp come from Block
+                setattr(self, norm_name, norm_layer(dim))
+                setattr(self, attn_name, attn())
             if fc_name is not None:
                 setattr(self, fc_name, nn.Linear(dim, dim))
-        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
-        self.norm2 = norm_layer(dim)
-        self.mlp = get_mlp_layer("mlp")(dim, int(dim * mlp_ratio), act_layer=act_layer, drop=proj_drop)
+        self.drop_path = self.drop_path1  # one stochastic-depth module for every residual
 
     def _step(self, x: torch.Tensor, thw: tuple[int, int, int], norm: nn.Module, attn: nn.Module,
               fc: Optional[nn.Module], pattern: str, with_cls: bool) -> torch.Tensor:
@@ -206,6 +210,10 @@ class SpaceTimeBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, thw: tuple[int, int, int]) -> torch.Tensor:
         """x: (B, 1 + T*H*W, D) class token + patch tokens in (t, h, w) order; thw = (T, H, W) patch grid."""
+        if x.shape[1] != 1 + thw[0] * thw[1] * thw[2]:
+            raise ValueError(f"SpaceTimeBlock expects 1 + T*H*W = {1 + thw[0] * thw[1] * thw[2]} tokens for the "
+                             f"grid {tuple(thw)}, got {x.shape[1]} (extra tokens, e.g. peft=prompt, do not fit "
+                             "the space-time grouping; use peft=adapter or peft=lora)")
         for norm_name, attn_name, fc_name, pattern, with_cls in self.steps:
             fc = getattr(self, fc_name) if fc_name is not None else None
             x = self._step(x, thw, getattr(self, norm_name), getattr(self, attn_name), fc, pattern, with_cls)

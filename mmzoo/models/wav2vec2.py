@@ -9,8 +9,10 @@ lives in :mod:`mmzoo.losses.wav2vec2`, the training step in :mod:`mmzoo.tasks.wa
 
 Padding: a batch with no padding passes no mask to attention, so SDPA keeps its fused (flash /
 memory-efficient) kernel; a padded batch passes a (B, 1, 1, T) boolean key-padding mask, which SDPA
-handles with its memory-efficient kernel on GPU (flash does not take masks) and the generic kernel on
+handles with its memory-efficient kernel on GPU (flash does not take masks) and its flash kernel on
 CPU. The audio data modules pad only to the longest clip of a batch (built-in data: never).
+Attention dropout (``attn_drop`` > 0, in training) has no CPU flash kernel: SDPA then runs its math
+kernel on CPU (the CUDA flash kernel takes dropout); ``attn_drop=0`` keeps CPU training on flash.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..layers import Block, Mlp
+from ..layers import Block, Mlp, run_blocks
 from ._registry import register_arch, register_model
 
 
@@ -291,6 +293,7 @@ class Wav2Vec2(nn.Module):
         self.encoder_norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)  # before blocks (post-LN) / after (pre-LN)
         norm_layer = partial(nn.LayerNorm, eps=cfg.layer_norm_eps)
         mlp_layer = partial(_mlp_with_act_drop, act_drop=cfg.act_drop)
+        self.grad_checkpointing = False  # activation checkpointing of every block
         self.blocks = nn.ModuleList([
             Block(cfg.dim, cfg.num_heads, cfg.mlp_ratio, qkv_bias=True, proj_drop=cfg.dropout,
                   attn_drop=cfg.attn_drop, norm_layer=norm_layer, mlp_layer=mlp_layer,
@@ -363,7 +366,7 @@ class Wav2Vec2(nn.Module):
         for blk in self.blocks:
             if self.training and self.cfg.layerdrop > 0 and torch.rand(()) < self.cfg.layerdrop:
                 continue
-            x = blk(x, key_padding_mask=padding)
+            x = run_blocks([blk], x, self.grad_checkpointing, key_padding_mask=padding)
         if self.cfg.layer_norm_first:
             x = self.encoder_norm(x)
         return x
