@@ -102,10 +102,14 @@ def test_grouped_attention_equals_masked_joint_attention(pattern):
 
 
 def test_divided_block_starts_as_image_block_and_temporal_fc_is_zero():
-    model = mmzoo.create_model("timesformer_tiny")
+    model = mmzoo.create_model("timesformer_tiny", time_embed_std=0.0)
     for blk in model.blocks:
         assert torch.count_nonzero(blk.temporal_fc.weight) == 0 and torch.count_nonzero(blk.temporal_fc.bias) == 0
-    assert torch.count_nonzero(model.time_embed) == 0
+    assert torch.count_nonzero(model.time_embed) == 0  # the paper's init
+    # the from-scratch presets tag frames at the scale of the patch tokens
+    std = mmzoo.create_model("timesformer_tiny").time_embed.std().item()
+    assert 0.7 < std < 1.1
+    assert mmzoo.create_model("timesformer_base", depth=1, embed_dim=64, num_heads=1).time_embed.abs().max() == 0
     names = set(dict(model.named_parameters()))
     for key in ("blocks.0.temporal_norm1.weight", "blocks.0.temporal_attn.qkv.weight", "blocks.0.temporal_fc.weight",
                 "blocks.0.norm1.weight", "blocks.0.attn.proj.weight", "blocks.0.mlp.fc1.weight", "time_embed"):
