@@ -1,6 +1,6 @@
 """Transfer table for mmzoo.peft: a ViT pretrained on the built-in ``shapes`` data, adapted to the real
-``digits`` data (grey 8x8 scans upsampled to 32x32; the 3-channel patch embedding is summed to one
-channel by the checkpoint loader) with every method for the same number of steps. Also: distillation
+``digits`` data (grey 8x8 scans upsampled to ``--image-size``; the 3-channel patch embedding is summed to
+one channel by the checkpoint loader) with every method for the same number of steps. Also: distillation
 (student alone vs distilled from the fully fine-tuned model) and pruning / int8 quantization of that
 model. Prints a Markdown table and writes ``results.json``.
 
@@ -97,12 +97,13 @@ def compress_rows(full_model, test_loader) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="vit_nano_patch4_32")
-    ap.add_argument("--student", default="vit_nano_patch4_32")
+    ap.add_argument("--model", default="vit_micro_patch4_32")
+    ap.add_argument("--student", default="vit_micro_patch4_32")
     ap.add_argument("--student-width", type=int, default=32, help="student embed_dim (depth 1)")
-    ap.add_argument("--shapes-train", type=int, default=4000)
-    ap.add_argument("--pretrain-steps", type=int, default=600)
-    ap.add_argument("--steps", type=int, default=300, help="fine-tuning steps of every method")
+    ap.add_argument("--image-size", type=int, default=16, help="side of shapes and digits images")
+    ap.add_argument("--shapes-train", type=int, default=16000)
+    ap.add_argument("--pretrain-steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=1000, help="fine-tuning steps of every method")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="/tmp/peft_transfer")
@@ -112,14 +113,15 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {"args": vars(args), "rows": []}
 
-    # 1. pretrain on shapes (32x32 RGB, 8 classes)
+    S = args.image_size
+    # 1. pretrain on shapes (S x S RGB, 8 classes)
     base_ckpt = out / "shapes_pretrained.ckpt"
     if not base_ckpt.exists():
         torch.manual_seed(0)
-        shapes = ShapesDataModule(batch_size=128, seed=0, image_size=32, num_train=args.shapes_train, num_val=100,
+        shapes = ShapesDataModule(batch_size=128, seed=0, image_size=S, num_train=args.shapes_train, num_val=100,
                                   num_test=1000)
         shapes.setup("fit")
-        model = create_model(args.model, num_classes=8, img_size=32, in_chans=3)
+        model = create_model(args.model, num_classes=8, img_size=S, in_chans=3)
         t = train(model, shapes.train_dataloader(), args.pretrain_steps, lr=2e-3)
         shapes.setup("test")
         acc = accuracy(model, shapes.test_dataloader())
@@ -129,7 +131,7 @@ def main() -> None:
         save_mmzoo(model, base_ckpt)
 
     # 2. every method on digits, same steps
-    digits = DigitsDataModule(batch_size=args.batch_size, seed=0, image_size=32)
+    digits = DigitsDataModule(batch_size=args.batch_size, seed=0, image_size=S)
     digits.setup("fit")
     digits.setup("test")
     train_loader, test_loader = digits.train_dataloader(), digits.test_dataloader()
@@ -150,10 +152,10 @@ def main() -> None:
     for label, peft, lr in methods:
         torch.manual_seed(0)
         if peft is None:
-            model = create_model(args.model, num_classes=10, img_size=32, in_chans=1)
+            model = create_model(args.model, num_classes=10, img_size=S, in_chans=1)
             peft = {"method": "none"}
         else:
-            model = create_model(args.model, pretrained=str(base_ckpt), num_classes=10, in_chans=1)
+            model = create_model(args.model, pretrained=str(base_ckpt), num_classes=10, img_size=S, in_chans=1)
         apply_peft(model, peft)
         trainable, total = count_parameters(model)
         frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
@@ -191,7 +193,7 @@ def main() -> None:
     results["distill"] = {"teacher_acc": accuracy(teacher, test_loader)}
     for label, alpha in (("student alone", 0.0), ("student distilled (T=4, alpha=0.7)", 0.7)):
         torch.manual_seed(0)
-        student = create_model(args.student, num_classes=10, img_size=32, in_chans=1, depth=1,
+        student = create_model(args.student, num_classes=10, img_size=S, in_chans=1, depth=1,
                                embed_dim=args.student_width)
         sec = train(student, train_loader, args.steps, 2e-3, teacher=teacher if alpha else None, alpha=alpha)
         results["distill"][label] = {"acc": accuracy(student, test_loader), "sec_per_step": sec,

@@ -4,7 +4,7 @@ The ViT's keys are the TimeSformer's (``patch_embed``, ``cls_token``, ``pos_embe
 ``blocks.{i}.norm1/attn/norm2/mlp``, ``norm``, ``head``); the extra attentions of each scheme start as
 copies of the block's spatial attention and its norm, as the official code does for divided attention
 (``temporal_attn`` <- ``attn``, ``temporal_norm1`` <- ``norm1``). The time embedding and the temporal
-projections start at zero (whatever ``time_embed_std`` says), so with one frame the video model computes the image model's features.
+projections keep the model's init: zero by default (``time_embed_std=0``), so with one frame the video model computes the image model's features.
 Position grids of another resolution are resampled by :func:`mmzoo.convert.fit_state_dict`.
 """
 from __future__ import annotations
@@ -45,8 +45,7 @@ def convert_image_vit(sd: dict[str, torch.Tensor], model: nn.Module) -> dict[str
             if src in sd:
                 out[key] = sd[src].clone()
                 continue
-        # temporal projections keep their zero init; the time embedding is zeroed (an image model has no time)
-        out[key] = torch.zeros_like(own[key]) if key == "time_embed" else own[key]
+        out[key] = own[key]  # time embedding, temporal projections: the model's own init
     if "head.weight" in out and "head.weight" not in own:
         out.pop("head.weight"), out.pop("head.bias", None)  # model built without a head
     return out

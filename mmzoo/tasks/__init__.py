@@ -7,6 +7,7 @@ from .contrastive import ContrastiveTask
 from .distill import DistillationTask
 from .language_modeling import LanguageModelingTask
 from .point_bert import PointBERTPretrainTask, PointClassificationTask, PointDVAETask
+from .video import VideoClassificationTask
 from .vqa import VQATask
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "PointClassificationTask",
     "PointDVAETask",
     "DistillationTask",
+    "VideoClassificationTask",
     "VQATask",
     "LanguageModelingTask",
 ]

@@ -7,7 +7,8 @@
   voting; ``pretrain_steps > 0`` first runs the tokenizer and pre-training stages itself, so one command
   runs the whole pipeline.
 
-The earlier stages run inside a task's ``setup`` as plain loops (:func:`fit_dvae`, :func:`fit_mpm`)
+The earlier stages run inside a task's ``setup`` as plain loops (:func:`fit_dvae`, :func:`fit_mpm`, on
+:func:`mmzoo.tasks.stages.fit_plain`)
 sharing their step functions with the Lightning tasks; each writes an mmzoo checkpoint
 (``RUN/tokenizer/last.ckpt``, ``RUN/pretrain/last.ckpt``) that ``create_model(pretrained=...)`` reads and
 that a resumed run reuses instead of training again.
@@ -18,19 +19,18 @@ import copy
 import logging
 import math
 from pathlib import Path
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..convert import MMZOO_KEY, model_metadata
 from ..layers import chamfer_distance
 from ..models import create_model
 from ..models.point_bert import PointBERT, PointDVAE, block_mask
-from .base import BaseTask, warmup_cosine
-from .checkpoint_io import atomic_torch_save
+from .base import BaseTask
 from .classification import ClassificationTask
+from .stages import fit_plain, run_dir as _run_dir, save_model_checkpoint
 
 log = logging.getLogger("mmzoo")
 
@@ -81,53 +81,17 @@ def _check_compatible(model: PointBERT, dvae: PointDVAE) -> None:
                          "model.group_size (or change them to match)")
 
 
-def save_model_checkpoint(model: nn.Module, path: Path) -> Path:
-    """An mmzoo checkpoint of ``model`` alone (readable by ``create_model(pretrained=path)``)."""
-    state = {MMZOO_KEY: model_metadata(model),
-             "state_dict": {f"model.{k}": v.detach().cpu() for k, v in model.state_dict().items()}}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save(state, path)
-    return path
-
-
-def _cycle(loader) -> Iterator:
-    while True:
-        yield from loader
-
-
-def _plain_loop(params, loader, steps: int, lr: float, step_fn, name: str, device: torch.device,
-                log_every: int = 50) -> dict[str, float]:
-    """AdamW with warmup + cosine for ``steps`` steps of ``step_fn(points, progress) -> dict``."""
-    params = [p for p in params if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
-    warmup = max(1, steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, steps, 0.01))
-    last: dict[str, float] = {}
-    for step, batch in zip(range(steps), _cycle(loader)):
-        out = step_fn(batch[0].to(device), step / max(steps - 1, 1))
-        if not torch.isfinite(out["loss"]):
-            raise FloatingPointError(f"{name}: non-finite loss at step {step}; lower the learning rate")
-        opt.zero_grad(set_to_none=True)
-        out["loss"].backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        last = {k: float(v) for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1}
-        if step % log_every == 0 or step == steps - 1:
-            log.info("%s step %d/%d: %s", name, step + 1, steps, ", ".join(f"{k}={v:.4f}" for k, v in last.items()))
-    return last
-
-
 def fit_dvae(dvae: PointDVAE, loader, steps: int, lr: float = 1e-3, temperature: Sequence[float] = (1.0, 0.0625),
              kl_weight: Sequence[float] = (0.0, 0.1), device: Optional[torch.device] = None) -> dict[str, float]:
     """Train the tokenizer for ``steps`` steps on ``loader`` batches ``(points, ...)`` (plain loop)."""
     device = device or next(dvae.parameters()).device
     dvae.train()
 
-    def step(points, progress):
-        return dvae_losses(dvae, points, cosine_anneal(*temperature, progress), cosine_anneal(*kl_weight, progress))
+    def step(batch, progress):
+        return dvae_losses(dvae, batch[0].to(device), cosine_anneal(*temperature, progress),
+                           cosine_anneal(*kl_weight, progress))
 
-    out = _plain_loop(dvae.parameters(), loader, steps, lr, step, "dVAE tokenizer", device)
+    out = fit_plain(dvae.parameters(), loader, steps, lr, step, "dVAE tokenizer")
     dvae.eval()
     return out
 
@@ -141,11 +105,11 @@ def fit_mpm(model: PointBERT, dvae: PointDVAE, loader, steps: int, lr: float = 1
     lm_head = nn.Linear(model.cfg.dim, dvae.cfg.num_tokens).to(device)
     model.train()
 
-    def step(points, progress):
-        return mpm_losses(model, lm_head, dvae, points, mask_ratio)
+    def step(batch, progress):
+        return mpm_losses(model, lm_head, dvae, batch[0].to(device), mask_ratio)
 
-    return _plain_loop([*model.parameters(), *lm_head.parameters()], loader, steps, lr, step,
-                       "Point-BERT masked point modeling", device)
+    return fit_plain([*model.parameters(), *lm_head.parameters()], loader, steps, lr, step,
+                     "Point-BERT masked point modeling")
 
 
 def ensure_tokenizer(dvae_checkpoint: Optional[str], tokenizer_model: str, tokenizer_steps: int, tokenizer_lr: float,
@@ -170,11 +134,6 @@ def ensure_tokenizer(dvae_checkpoint: Optional[str], tokenizer_model: str, token
     fit_dvae(dvae, datamodule.unlabeled_dataloader(), tokenizer_steps, tokenizer_lr, device=device)
     save_model_checkpoint(dvae, path)
     return dvae.eval().requires_grad_(False)
-
-
-def _run_dir(task: BaseTask) -> Path:
-    trainer = task.trainer
-    return Path(trainer.default_root_dir if trainer is not None else ".")
 
 
 def _datamodule(task: BaseTask) -> Any:

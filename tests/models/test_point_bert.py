@@ -7,7 +7,7 @@ import torch
 
 import mmzoo
 from mmzoo.models.point_bert import PointBERT, PointDVAE, block_mask
-from mmzoo.tasks.point_bert import save_model_checkpoint
+from mmzoo.tasks.stages import save_model_checkpoint
 
 SMALL_BERT = dict(num_groups=8, group_size=8, depth=2)
 SMALL_DVAE = dict(num_groups=8, group_size=8, num_tokens=32)

@@ -1,0 +1,64 @@
+"""Plain training loops for the stages a task runs in its ``setup`` before Lightning's own fit: Point-BERT's
+tokenizer and masked point modeling (:mod:`mmzoo.tasks.point_bert`), TimeSformer's image ViT
+(:mod:`mmzoo.tasks.video`). Each stage writes an mmzoo checkpoint (:func:`save_model_checkpoint`) that
+``create_model(pretrained=...)`` reads and that a resumed run reuses instead of training again."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+import torch.nn as nn
+
+from ..convert import MMZOO_KEY, model_metadata
+from .base import warmup_cosine
+from .checkpoint_io import atomic_torch_save
+
+log = logging.getLogger("mmzoo")
+
+
+def cycle(loader: Iterable) -> Iterator:
+    """Batches of ``loader`` forever (one epoch after another)."""
+    while True:
+        yield from loader
+
+
+def fit_plain(params: Iterable[nn.Parameter], loader: Iterable, steps: int, lr: float,
+              step_fn: Callable[[Any, float], dict[str, torch.Tensor]], name: str, weight_decay: float = 0.05,
+              log_every: int = 50) -> dict[str, float]:
+    """AdamW with warmup + cosine for ``steps`` steps of ``step_fn(batch, progress) -> {"loss": ..., ...}``
+    (progress runs 0 -> 1); gradients clipped to norm 1. Returns the last step's scalars."""
+    params = [p for p in params if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    warmup = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, steps, 0.01))
+    last: dict[str, float] = {}
+    for step, batch in zip(range(steps), cycle(loader)):
+        out = step_fn(batch, step / max(steps - 1, 1))
+        if not torch.isfinite(out["loss"]):
+            raise FloatingPointError(f"{name}: non-finite loss at step {step}; lower the learning rate")
+        opt.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if step % log_every == 0 or step == steps - 1:
+            last = {k: float(v) for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1}
+            log.info("%s step %d/%d: %s", name, step + 1, steps, ", ".join(f"{k}={v:.4f}" for k, v in last.items()))
+    return last
+
+
+def save_model_checkpoint(model: nn.Module, path: Path) -> Path:
+    """An mmzoo checkpoint of ``model`` alone (readable by ``create_model(pretrained=path)``)."""
+    state = {MMZOO_KEY: model_metadata(model),
+             "state_dict": {f"model.{k}": v.detach().cpu() for k, v in model.state_dict().items()}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save(state, path)
+    return path
+
+
+def run_dir(task: Any) -> Path:
+    """The run directory of a task's trainer (``hydra.run.dir``)."""
+    trainer = task.trainer
+    return Path(trainer.default_root_dir if trainer is not None else ".")
