@@ -1,6 +1,6 @@
 """dVAE validation Chamfer-L1 at initialisation (same seed as the run) and after training, plus
 codebook usage. Run after `train.py model=point_bert_dvae ... hydra.run.dir=RUN`:
-    PYTHONPATH=$PWD python benchmarks/point_bert_dvae.py RUN/checkpoints/last.ckpt --num-points 256 --seed 42
+    PYTHONPATH=$PWD python benchmarks/point_bert_dvae.py RUN/checkpoints/last.ckpt --num-points 512 --seed 42
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def evaluate(model, points: torch.Tensor, batch: int = 50) -> tuple[float, float
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("checkpoint")
-    ap.add_argument("--num-points", type=int, default=256)
+    ap.add_argument("--num-points", type=int, default=512, help="as data.num_points of the run")
     ap.add_argument("--num-val", type=int, default=200)
     ap.add_argument("--seed", type=int, default=42)
     args = ap.parse_args()
