@@ -284,7 +284,9 @@ class PointBERTPretrainTask(BaseTask):
             key = F.normalize(self.key_proj(self.key_model.forward_head(self.key_model.forward_features(points),
                                                                         pre_logits=True)), dim=-1)
         query = F.normalize(self.moco_proj(self.model.forward_head(features, pre_logits=True)), dim=-1)
-        logits = torch.cat([(query * key).sum(-1, keepdim=True), query @ self.queue.T], dim=1) / hp.moco_temperature
+        # the queue is a snapshot: it is updated in place below, after the graph has used it
+        negatives = self.queue.clone()
+        logits = torch.cat([(query * key).sum(-1, keepdim=True), query @ negatives.T], dim=1) / hp.moco_temperature
         loss = F.cross_entropy(logits, torch.zeros(len(query), dtype=torch.long, device=query.device))
         with torch.no_grad():  # enqueue the keys, oldest out
             n, ptr = key.shape[0], int(self.queue_ptr)

@@ -44,7 +44,7 @@ def fit_plain(params: Iterable[nn.Parameter], loader: Iterable, steps: int, lr: 
         opt.step()
         sched.step()
         if step % log_every == 0 or step == steps - 1:
-            last = {k: float(v) for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1}
+            last = {k: float(v.detach()) for k, v in out.items() if torch.is_tensor(v) and v.numel() == 1}
             log.info("%s step %d/%d: %s", name, step + 1, steps, ", ".join(f"{k}={v:.4f}" for k, v in last.items()))
     return last
 

@@ -42,3 +42,24 @@ def test_pretrain_without_tokenizer_trains_one_first(train_cfg, caplog):
         train(cfg)
     assert "training the tokenizer first" in caplog.text
     assert (Path(cfg.paths.output_dir) / "tokenizer" / "last.ckpt").is_file()
+
+
+def test_pretrain_with_moco_updates_queue_and_key_encoder(train_cfg, tmp_path):
+    """The momentum-encoder term trains (backward through the InfoNCE logits while the queue is refreshed),
+    the key encoder moves towards the query encoder, and the queue fills with keys."""
+    dvae_cfg = train_cfg(*SMALL_DVAE, "trainer.max_epochs=1", "test=false", run="dvae")
+    train(dvae_cfg)
+    dvae_ckpt = Path(dvae_cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    cfg = train_cfg("model=point_bert", *SMALL, f"task.dvae_checkpoint={dvae_ckpt}", "task.moco_weight=1.0",
+                    "task.moco_momentum=0.5", "task.moco_queue=16", "trainer.max_steps=3", "trainer.max_epochs=-1",
+                    "test=false", run="moco")
+    m = train(cfg)
+    assert torch.isfinite(torch.tensor(m["train/loss"]))
+    state = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+    queue = state["queue"]
+    assert queue.shape == (16, 256) and int(state["queue_ptr"]) == (3 * 8) % 16
+    # rows written by the three steps are unit-norm keys; key and query encoders differ but moved together
+    assert torch.allclose(queue.norm(dim=-1), torch.ones(16), atol=1e-5)
+    q = state["model.reduce_dim.weight"]
+    k = state["key_model.reduce_dim.weight"]
+    assert not torch.equal(q, k)
