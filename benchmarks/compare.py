@@ -29,12 +29,12 @@ from typing import Callable
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import mmzoo  # noqa: E402
+from mmzoo.flops import flop_counter  # noqa: E402
 from mmzoo.models.speed import compile_model  # noqa: E402
 from mmzoo.tasks.base import build_adamw  # noqa: E402
 
@@ -154,8 +154,8 @@ class Runner:
         return time.perf_counter() - t0
 
     def flops(self, train: bool) -> float:
-        """FLOPs of one step (forward, plus backward when training), counted by torch's FlopCounterMode."""
-        with FlopCounterMode(display=False) as counter:
+        """FLOPs of one step (forward, plus backward when training), counted by mmzoo.flops.flop_counter (torch's FlopCounterMode + the CPU flash kernel)."""
+        with flop_counter() as counter:
             if train:
                 self.model.train()
                 with self.autocast:

@@ -3,7 +3,7 @@
 Every variant trains with ``train.py``'s own pipeline (the composed Hydra config of
 ``python train.py model=fusion model.fusion=<variant>``) and the same budget, then is scored on the test
 split. Printed per variant: test accuracy per question type and overall, parameters, forward FLOPs per
-sample (``torch.utils.flop_counter.FlopCounterMode``, one batch), and the median wall time of a training
+sample (``mmzoo.flops.flop_counter``, one batch), and the median wall time of a training
 step (forward, backward, AdamW step on one batch, after warm-up). Usage::
 
     python benchmarks/fusion_variants.py --jobs 2              # the README table (CPU, minutes per variant)
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from hydra import compose, initialize_config_dir
-from torch.utils.flop_counter import FlopCounterMode
+from mmzoo.flops import flop_counter
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -55,7 +55,7 @@ def measure(cfg, steps: int) -> dict[str, float]:
     params = sum(p.numel() for p in model.parameters())
     B = batch["answer"].shape[0]
     model.eval()
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), flop_counter() as counter:
         model(batch["image"], batch["text"], batch["text_padding_mask"])
     flops = counter.get_total_flops() / B
     model.train()

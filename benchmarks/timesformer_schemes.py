@@ -9,7 +9,7 @@ The top-1 runs come from ``python train.py model=timesformer model.attention=<sc
 hydra.run.dir=RUNS/<scheme>``. Each scheme is measured in its own process so that peak memory is
 its own: CUDA's ``max_memory_allocated`` on a GPU, else the growth of the process's peak resident set
 (``ru_maxrss``) over the training steps (activations, gradients and optimizer state). FLOPs are
-counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions and attention) for one
+counted by ``mmzoo.flops.flop_counter`` (matmuls, convolutions and attention) for one
 forward pass. ``--wandb`` also logs the table to W&B (offline without an API key).
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ SHORT = {"space_only": "S", "joint_space_time": "ST", "divided_space_time": "T+S
 def measure(args: argparse.Namespace, scheme: str) -> dict:
     """One scheme, in this process."""
     import mmzoo
-    from torch.utils.flop_counter import FlopCounterMode
+    from mmzoo.flops import flop_counter
 
     torch.manual_seed(0)
     device = torch.device(args.device)
@@ -43,7 +43,7 @@ def measure(args: argparse.Namespace, scheme: str) -> dict:
     x = torch.randn(args.batch, 3, args.frames, size, size, device=device)
     y = torch.randint(max(model.num_classes, 1), (args.batch,), device=device)
     params = sum(p.numel() for p in model.parameters())
-    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+    with torch.no_grad(), flop_counter() as fc:
         model.eval()(x[:1])
     flops = fc.get_total_flops()  # per clip
     model.train()
