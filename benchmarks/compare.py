@@ -9,7 +9,8 @@ optimizer step and zero_grad, each library with its own optimizer recipe: mmzoo'
 
     python benchmarks/compare.py                          # CPU fp32, ~5-8 min on 2 idle cores
     python benchmarks/compare.py --dtype bf16             # bf16 autocast (trainer.precision=bf16-mixed)
-    python benchmarks/compare.py --compile                # torch.compile on both sides
+    python benchmarks/compare.py --compile                # torch.compile on both sides (mmzoo: per block)
+    python benchmarks/compare.py --compile model          # mmzoo compiled whole, as the reference
     python benchmarks/compare.py --device cuda --dtype bf16 --batch-scale 16   # GPU (benchmarks/gpu.sh)
 
 Figures are printed, never asserted; record the machine load next to them.
@@ -120,7 +121,7 @@ class Runner:
             self.model = self.model.to(memory_format=torch.channels_last)
         if args.compile:
             if side == "mmzoo":
-                compile_model(self.model, True)
+                compile_model(self.model, args.compile)  # "blocks" (model.compile=true) or "model"
             else:
                 self.model.compile()
         self.opt = make_optimizer(self.model, side, self.lib)
@@ -249,7 +250,9 @@ def main() -> None:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=None, help="one batch for every model")
     p.add_argument("--batch-scale", type=int, default=1, help="multiply the CPU default batches (GPU: 16)")
-    p.add_argument("--compile", action="store_true", help="torch.compile both sides (mmzoo: per block)")
+    p.add_argument("--compile", nargs="?", const="blocks", default=False, choices=["blocks", "model"],
+                   help="torch.compile both sides; mmzoo per block (model.compile=true, the default) or whole "
+                        "model (model.compile=model); the reference always whole")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip peak-memory subprocesses")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
