@@ -255,7 +255,9 @@ class PointBERTPretrainTask(BaseTask):
         self.lm_head = nn.Linear(model.cfg.dim, num_tokens)
         nn.init.trunc_normal_(self.lm_head.weight, std=0.02)
         nn.init.zeros_(self.lm_head.bias)
-        self.dvae: Optional[PointDVAE] = None  # not a submodule: frozen, not saved with the task
+        # set in setup(); then a frozen submodule (no gradients, kept in eval mode by mpm_losses): it moves
+        # with the task and is saved in its checkpoints, so a checkpoint carries the tokenizer its targets came from
+        self.dvae: Optional[PointDVAE] = None
         self.token_counts = torch.zeros(num_tokens, dtype=torch.long)
         self.val_point_samples: Optional[dict[str, torch.Tensor]] = None
         if moco_weight > 0:

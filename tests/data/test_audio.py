@@ -101,3 +101,26 @@ def test_char_vocab_errors_name_the_character():
     assert vocab.decode(vocab.encode("ab c")) == "ab c"
     with pytest.raises(ValueError, match="'z'"):
         vocab.encode("az")
+
+
+@pytest.mark.parametrize("task", ["wav2vec2_pretrain", "audio_classification", "ctc"])
+def test_every_audio_task_builds_on_an_audio_folder(train_cfg, tmp_path, task):
+    """The audio tasks choose what the built-in synth_speech speaks without passing that option to other
+    audio data: model=wav2vec2 with data=audio_folder builds for every task."""
+    from mmzoo.training import build
+
+    for i in range(8):
+        _write(tmp_path / "clips" / ("yes" if i % 2 else "no") / f"{i}.wav")
+    overrides = ["model=wav2vec2", f"task={task}", "data=audio_folder", "data.batch_size=2",
+                 f"data.root={tmp_path / 'clips'}"]
+    if task == "ctc":  # transcripts come from manifests (LibriSpeech style)
+        for split in ("train", "val"):
+            rows = ["path\ttranscript"] + [f"clips/{'yes' if i % 2 else 'no'}/{i}.wav\t{'yes' if i % 2 else 'no'}"
+                                           for i in range(8)]
+            (tmp_path / f"{split}.tsv").write_text("\n".join(rows) + "\n")
+        overrides = overrides[:-1] + [f"data.root={tmp_path}", "data.target=transcript"]
+    cfg = train_cfg(*overrides)
+    assert "vocabulary" not in cfg.data
+    dm, _ = build(cfg)
+    dm.setup("fit")
+    assert len(dm.train_dataloader()) > 0
