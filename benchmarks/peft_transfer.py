@@ -6,12 +6,17 @@ model. Prints a Markdown table and writes ``results.json``.
 
     PYTHONPATH=$PWD python benchmarks/peft_transfer.py --out /tmp/peft_transfer
 
+``--base clip --clip-checkpoint RUN/checkpoints/last.ckpt`` uses instead the image tower of a CLIP trained
+by ``python train.py model=clip`` (on the ``shapes_captions`` scenes) as the base, adapted to classifying
+the single shapes of ``shapes`` (8 classes, at the tower's image size, ``--target-train`` images).
+
 Figures are single runs (seed 0) on CPU; time/step depends on the machine's load.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import itertools
 import json
 import os
@@ -95,26 +100,9 @@ def compress_rows(full_model, test_loader) -> list[dict]:
     return comp
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="vit_micro_patch4_32")
-    ap.add_argument("--student", default="vit_micro_patch4_32")
-    ap.add_argument("--student-width", type=int, default=32, help="student embed_dim (depth 1)")
-    ap.add_argument("--image-size", type=int, default=16, help="side of shapes and digits images")
-    ap.add_argument("--shapes-train", type=int, default=16000)
-    ap.add_argument("--pretrain-steps", type=int, default=3000)
-    ap.add_argument("--steps", type=int, default=1000, help="fine-tuning steps of every method")
-    ap.add_argument("--batch-size", type=int, default=64)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--out", default="/tmp/peft_transfer")
-    args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    results: dict = {"args": vars(args), "rows": []}
-
+def shapes_setting(args, out: Path, results: dict):
+    """A ViT pretrained here on shapes (S x S RGB, 8 classes), adapted to digits (grey, 10 classes)."""
     S = args.image_size
-    # 1. pretrain on shapes (S x S RGB, 8 classes)
     base_ckpt = out / "shapes_pretrained.ckpt"
     if not base_ckpt.exists():
         torch.manual_seed(0)
@@ -129,12 +117,65 @@ def main() -> None:
               flush=True)
         results["pretrain_shapes_acc"] = acc
         save_mmzoo(model, base_ckpt)
-
-    # 2. every method on digits, same steps
     digits = DigitsDataModule(batch_size=args.batch_size, seed=0, image_size=S)
     digits.setup("fit")
     digits.setup("test")
-    train_loader, test_loader = digits.train_dataloader(), digits.test_dataloader()
+    return base_ckpt, S, 10, 1, digits.train_dataloader(), digits.test_dataloader()
+
+
+def clip_setting(args, out: Path):
+    """The image tower of a trained CLIP (saved as a plain mmzoo ViT), adapted to shapes (8 classes)."""
+    if not args.clip_checkpoint:
+        raise SystemExit("--base clip needs --clip-checkpoint RUN/checkpoints/last.ckpt (python train.py model=clip)")
+    clip = create_model(pretrained=args.clip_checkpoint)
+    if not hasattr(clip, "visual"):
+        raise SystemExit(f"{args.clip_checkpoint} holds a {type(clip).__name__}, not a CLIP model")
+    tower = clip.visual
+    base_ckpt = save_mmzoo(tower, out / "clip_image_tower.ckpt")
+    S = tower.cfg.img_size if isinstance(tower.cfg.img_size, int) else tower.cfg.img_size[0]
+    shapes = ShapesDataModule(batch_size=args.batch_size, seed=1, image_size=S, num_train=args.target_train,
+                              num_val=100, num_test=2000)
+    shapes.setup("fit")
+    shapes.setup("test")
+    return base_ckpt, S, 8, 3, shapes.train_dataloader(), shapes.test_dataloader()
+
+
+def scratch_model(args, base_ckpt: Path, num_classes: int, S: int, in_chans: int):
+    """The base architecture with fresh weights (the "no pretraining" row)."""
+    if args.base == "shapes":
+        return create_model(args.model, num_classes=num_classes, img_size=S, in_chans=in_chans)
+    base = create_model(pretrained=str(base_ckpt), num_classes=num_classes)
+    return type(base)(dataclasses.replace(base.cfg, num_classes=num_classes))  # same config, fresh init
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="vit_micro_patch4_32")
+    ap.add_argument("--student", default="vit_micro_patch4_32")
+    ap.add_argument("--student-width", type=int, default=32, help="student embed_dim (depth 1)")
+    ap.add_argument("--image-size", type=int, default=16, help="side of shapes and digits images")
+    ap.add_argument("--shapes-train", type=int, default=16000)
+    ap.add_argument("--pretrain-steps", type=int, default=3000)
+    ap.add_argument("--steps", type=int, default=1000, help="fine-tuning steps of every method")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="/tmp/peft_transfer")
+    ap.add_argument("--base", choices=["shapes", "clip"], default="shapes",
+                    help="shapes: a ViT pretrained here on shapes, adapted to digits; clip: a trained CLIP's "
+                         "image tower, adapted to shapes")
+    ap.add_argument("--clip-checkpoint", default=None, help="--base clip: a model=clip run's checkpoint")
+    ap.add_argument("--target-train", type=int, default=4000, help="--base clip: shapes training images")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict = {"args": vars(args), "rows": []}
+
+    if args.base == "clip":
+        base_ckpt, S, num_classes, in_chans, train_loader, test_loader = clip_setting(args, out)
+        args.model = None  # the architecture comes from the saved tower
+    else:
+        base_ckpt, S, num_classes, in_chans, train_loader, test_loader = shapes_setting(args, out, results)
     lora = lambda r: {"method": "lora", "r": r, "alpha": 2.0 * r}  # noqa: E731  (alpha / r = 2 for every rank)
     methods = [  # most informative first: partial results are printed row by row
         ("full fine-tuning", {"method": "none"}, 1e-3),
@@ -152,10 +193,11 @@ def main() -> None:
     for label, peft, lr in methods:
         torch.manual_seed(0)
         if peft is None:
-            model = create_model(args.model, num_classes=10, img_size=S, in_chans=1)
+            model = scratch_model(args, base_ckpt, num_classes, S, in_chans)
             peft = {"method": "none"}
         else:
-            model = create_model(args.model, pretrained=str(base_ckpt), num_classes=10, img_size=S, in_chans=1)
+            model = create_model(args.model, pretrained=str(base_ckpt),
+                                 num_classes=num_classes, img_size=S, in_chans=in_chans)
         apply_peft(model, peft)
         trainable, total = count_parameters(model)
         frozen_before = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
@@ -167,7 +209,7 @@ def main() -> None:
             torch.save(model.state_dict(), ckpt)
         else:
             save_adaptation(model, ckpt, base={"model_name": args.model, "pretrained": str(base_ckpt),
-                                               "overrides": {"num_classes": 10, "in_chans": 1}})
+                                               "overrides": {"num_classes": num_classes, "in_chans": in_chans}})
         row = {"method": label, "acc": acc, "trainable": trainable, "total": total,
                "trainable_pct": 100.0 * trainable / total, "ckpt_bytes": os.path.getsize(ckpt), "sec_per_step": sec,
                "lr": lr, "frozen_unchanged": base_same}
@@ -182,18 +224,18 @@ def main() -> None:
             row["merge_max_abs_diff"] = (y0 - y1).abs().max().item()
         if label == "full fine-tuning":
             full_model = model
-            save_mmzoo(model, out / "digits_full.ckpt")
+            save_mmzoo(model, out / "target_full.ckpt")
             results["compression"] = compress_rows(model, test_loader)
         results["rows"].append(row)
         print(json.dumps(row), flush=True)
         (out / "results.json").write_text(json.dumps(results, indent=2))
 
     # 3. distillation: the fully fine-tuned model teaches a smaller ViT trained from scratch
-    teacher = create_model(pretrained=str(out / "digits_full.ckpt")).eval()
+    teacher = create_model(pretrained=str(out / "target_full.ckpt")).eval()
     results["distill"] = {"teacher_acc": accuracy(teacher, test_loader)}
     for label, alpha in (("student alone", 0.0), ("student distilled (T=4, alpha=0.7)", 0.7)):
         torch.manual_seed(0)
-        student = create_model(args.student, num_classes=10, img_size=S, in_chans=1, depth=1,
+        student = create_model(args.student, num_classes=num_classes, img_size=S, in_chans=in_chans, depth=1,
                                embed_dim=args.student_width)
         sec = train(student, train_loader, args.steps, 2e-3, teacher=teacher if alpha else None, alpha=alpha)
         results["distill"][label] = {"acc": accuracy(student, test_loader), "sec_per_step": sec,
@@ -210,7 +252,7 @@ def main() -> None:
               f"{r['ckpt_bytes'] / 1024:.0f} KiB | {1000 * r['sec_per_step']:.0f} |")
     (out / "results.json").write_text(json.dumps(results, indent=2))
     d = results["distill"]
-    print(f"\nteacher ({args.model}, full fine-tuning): {d['teacher_acc']:.2f}%")
+    print(f"\nteacher ({args.model or 'CLIP image tower'}, full fine-tuning): {d['teacher_acc']:.2f}%")
     for k, v in d.items():
         if k != "teacher_acc":
             print(f"{k} ({args.student}, depth 1, width {args.student_width}, {v['params']:,} params): {v['acc']:.2f}%")
