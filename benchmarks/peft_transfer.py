@@ -140,6 +140,47 @@ def clip_setting(args, out: Path):
     return base_ckpt, S, 8, 3, shapes.train_dataloader(), shapes.test_dataloader()
 
 
+class _ClassSubset(torch.utils.data.Dataset):
+    """The samples of ``classes`` (in that order) of a ``(x, y)`` data set, labels renumbered 0.."""
+
+    def __init__(self, dataset, classes: list[int]) -> None:
+        self.dataset, self.remap = dataset, {c: i for i, c in enumerate(classes)}
+        self.indices = [i for i in range(len(dataset)) if int(dataset[i][1]) in self.remap]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        x, y = self.dataset[self.indices[i]]
+        return x, self.remap[int(y)]
+
+
+def digits_split_setting(args, out: Path, results: dict):
+    """A ViT pretrained here on the digits 0-4, adapted to the digits 5-9 (new classes, same domain)."""
+    S = args.image_size
+    digits = DigitsDataModule(batch_size=args.batch_size, seed=0, image_size=S)
+    digits.setup("fit")
+    digits.setup("test")
+
+    def loader(ds, classes, shuffle):
+        g = torch.Generator().manual_seed(0)
+        return torch.utils.data.DataLoader(_ClassSubset(ds, classes), batch_size=args.batch_size, shuffle=shuffle,
+                                           drop_last=shuffle, generator=g)
+
+    first, second = [0, 1, 2, 3, 4], [5, 6, 7, 8, 9]
+    base_ckpt = out / "digits04_pretrained.ckpt"
+    if not base_ckpt.exists():
+        torch.manual_seed(0)
+        model = create_model(args.model, num_classes=5, img_size=S, in_chans=1)
+        t = train(model, loader(digits.train_set, first, True), args.pretrain_steps, lr=2e-3)
+        acc = accuracy(model, loader(digits.test_set, first, False))
+        print(f"pretrained {args.model} on digits 0-4: test acc {acc:.2f}% ({args.pretrain_steps} steps, "
+              f"{t:.3f} s/step)", flush=True)
+        results["pretrain_digits04_acc"] = acc
+        save_mmzoo(model, base_ckpt)
+    return (base_ckpt, S, 5, 1, loader(digits.train_set, second, True), loader(digits.test_set, second, False))
+
+
 def scratch_model(args, base_ckpt: Path, num_classes: int, S: int, in_chans: int):
     """The base architecture with fresh weights (the "no pretraining" row)."""
     if args.base == "shapes":
@@ -160,9 +201,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="/tmp/peft_transfer")
-    ap.add_argument("--base", choices=["shapes", "clip"], default="shapes",
+    ap.add_argument("--base", choices=["shapes", "clip", "digits_split"], default="shapes",
                     help="shapes: a ViT pretrained here on shapes, adapted to digits; clip: a trained CLIP's "
-                         "image tower, adapted to shapes")
+                         "image tower, adapted to shapes; digits_split: a ViT pretrained here on the digits "
+                         "0-4, adapted to the digits 5-9")
     ap.add_argument("--clip-checkpoint", default=None, help="--base clip: a model=clip run's checkpoint")
     ap.add_argument("--target-train", type=int, default=4000, help="--base clip: shapes training images")
     args = ap.parse_args()
@@ -174,6 +216,8 @@ def main() -> None:
     if args.base == "clip":
         base_ckpt, S, num_classes, in_chans, train_loader, test_loader = clip_setting(args, out)
         args.model = None  # the architecture comes from the saved tower
+    elif args.base == "digits_split":
+        base_ckpt, S, num_classes, in_chans, train_loader, test_loader = digits_split_setting(args, out, results)
     else:
         base_ckpt, S, num_classes, in_chans, train_loader, test_loader = shapes_setting(args, out, results)
     lora = lambda r: {"method": "lora", "r": r, "alpha": 2.0 * r}  # noqa: E731  (alpha / r = 2 for every rank)
