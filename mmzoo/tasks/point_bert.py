@@ -290,11 +290,11 @@ class PointBERTPretrainTask(BaseTask):
         negatives = self.queue.clone()
         logits = torch.cat([(query * key).sum(-1, keepdim=True), query @ negatives.T], dim=1) / hp.moco_temperature
         loss = F.cross_entropy(logits, torch.zeros(len(query), dtype=torch.long, device=query.device))
-        with torch.no_grad():  # enqueue the keys, oldest out
-            n, ptr = key.shape[0], int(self.queue_ptr)
-            idx = (ptr + torch.arange(n, device=key.device)) % self.queue.shape[0]
+        with torch.no_grad():  # enqueue the keys, oldest out (pointer arithmetic on the device: no host sync)
+            n, size = key.shape[0], self.queue.shape[0]
+            idx = (self.queue_ptr + torch.arange(n, device=key.device)) % size
             self.queue[idx] = key
-            self.queue_ptr.fill_((ptr + n) % self.queue.shape[0])
+            self.queue_ptr.copy_((self.queue_ptr + n) % size)
         return loss
 
     def training_step(self, batch, batch_idx: int):
