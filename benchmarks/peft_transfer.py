@@ -9,6 +9,7 @@ model. Prints a Markdown table and writes ``results.json``.
 ``--base clip --clip-checkpoint RUN/checkpoints/last.ckpt`` uses instead the image tower of a CLIP trained
 by ``python train.py model=clip`` (on the ``shapes_captions`` scenes) as the base, adapted to classifying
 the single shapes of ``shapes`` (8 classes, at the tower's image size, ``--target-train`` images).
+``--base digits_split`` pretrains the ViT on the digits 0-4 and adapts it to the digits 5-9.
 
 Figures are single runs (seed 0) on CPU; time/step depends on the machine's load.
 """
