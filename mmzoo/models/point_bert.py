@@ -40,20 +40,22 @@ class DGCNN(nn.Module):
         out_dim: output width.
         dims: widths of the edge-conv layers (the input is first projected to dims[0] // 2).
         k: neighbours per patch.
+        norm: GroupNorm after every edge conv (Point-BERT); ``False`` leaves it out.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, dims: tuple[int, ...] = (256, 512, 512, 1024), k: int = 4) -> None:
+    def __init__(self, in_dim: int, out_dim: int, dims: tuple[int, ...] = (256, 512, 512, 1024), k: int = 4,
+                 norm: bool = True) -> None:
         super().__init__()
         self.k = k
         self.input_trans = nn.Conv1d(in_dim, dims[0] // 2, 1)
         layers, prev = [], dims[0] // 2
         for d in dims:
-            layers.append(nn.Sequential(nn.Conv2d(2 * prev, d, 1, bias=False), nn.GroupNorm(4, d),
-                                        nn.LeakyReLU(0.2)))
+            layers.append(nn.Sequential(nn.Conv2d(2 * prev, d, 1, bias=not norm),
+                                        nn.GroupNorm(4, d) if norm else nn.Identity(), nn.LeakyReLU(0.2)))
             prev = d
         self.layers = nn.ModuleList(layers)
-        self.proj = nn.Sequential(nn.Conv1d(sum(dims), out_dim, 1, bias=False), nn.GroupNorm(4, out_dim),
-                                  nn.LeakyReLU(0.2))
+        self.proj = nn.Sequential(nn.Conv1d(sum(dims), out_dim, 1, bias=not norm),
+                                  nn.GroupNorm(4, out_dim) if norm else nn.Identity(), nn.LeakyReLU(0.2))
 
     def forward(self, f: torch.Tensor, centers: torch.Tensor) -> torch.Tensor:
         """f (B, G, in_dim), centers (B, G, 3) -> (B, G, out_dim)."""
@@ -121,6 +123,7 @@ class PointDVAEConfig:
     decoder_dim: int = 256  # width of the second DGCNN / decoder input
     dgcnn_dims: tuple[int, ...] = (256, 512, 512, 1024)  # edge-conv widths of both DGCNNs
     dgcnn_k: int = 4  # neighbouring patches per edge conv
+    decoder_dgcnn_norm: bool = True  # GroupNorm in the decoder-side DGCNN (Point-BERT); see point_bert_dvae_tiny
     decoder_hidden: int = 1024  # coarse-branch MLP width
     fold_hidden: int = 512  # folding conv width
 
@@ -143,7 +146,7 @@ class PointDVAE(nn.Module):
         self.encoder = MiniPointNet(cfg.encoder_dim, tuple(cfg.pointnet_hidden), cfg.pointnet_hidden2)
         self.dgcnn_1 = DGCNN(cfg.encoder_dim, cfg.num_tokens, tuple(cfg.dgcnn_dims), cfg.dgcnn_k)
         self.codebook = nn.Parameter(torch.randn(cfg.num_tokens, cfg.tokens_dim))
-        self.dgcnn_2 = DGCNN(cfg.tokens_dim, cfg.decoder_dim, tuple(cfg.dgcnn_dims), cfg.dgcnn_k)
+        self.dgcnn_2 = DGCNN(cfg.tokens_dim, cfg.decoder_dim, tuple(cfg.dgcnn_dims), cfg.dgcnn_k, cfg.decoder_dgcnn_norm)
         self.decoder = FoldingDecoder(cfg.decoder_dim, cfg.group_size, cfg.decoder_hidden, cfg.fold_hidden)
 
     def group(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -311,9 +314,12 @@ def point_bert_dvae() -> PointDVAEConfig:
 @register_model
 def point_bert_dvae_tiny() -> PointDVAEConfig:
     """A CPU-sized tokenizer for 512-point clouds: 32 x 16 patches, 512 tokens."""
+    # no GroupNorm in the decoder-side DGCNN: with it, this size's reconstructions collapsed onto the patch
+    # centres within its CPU budget (benchmarks/point_bert_dvae_ablation.py, README)
     return PointDVAEConfig(num_groups=32, group_size=16, encoder_dim=64, pointnet_hidden=(32, 64),
                            pointnet_hidden2=128, num_tokens=512, tokens_dim=64, decoder_dim=64,
-                           dgcnn_dims=(32, 64, 64, 128), decoder_hidden=128, fold_hidden=64)
+                           dgcnn_dims=(32, 64, 64, 128), decoder_hidden=128, fold_hidden=64,
+                           decoder_dgcnn_norm=False)
 
 
 @register_model

@@ -106,3 +106,23 @@ def test_checkpoint_round_trip_and_new_head(tmp_path):
     assert isinstance(tuned, PointBERT) and tuned.head[-1].out_features == 7
     for k, v in model.state_dict().items():
         assert torch.equal(tuned.state_dict()[k], v), k
+
+
+def test_decoder_dgcnn_norm_switch_and_old_checkpoints(tmp_path):
+    """The released dVAE keeps GroupNorm in both DGCNNs; the tiny preset drops it on the decoder side only.
+    A checkpoint whose config predates the switch rebuilds with the norm (its weights load unchanged)."""
+    norms = lambda m: sum(isinstance(x, torch.nn.GroupNorm) for x in m.modules())  # noqa: E731
+    full = mmzoo.create_model("point_bert_dvae")
+    assert norms(full.dgcnn_1) == norms(full.dgcnn_2) == 5
+    tiny = mmzoo.create_model("point_bert_dvae_tiny")
+    assert norms(tiny.dgcnn_1) == 5 and norms(tiny.dgcnn_2) == 0
+    # an older tiny checkpoint: GroupNorm on both sides, config without the field
+    old = mmzoo.create_model("point_bert_dvae_tiny", decoder_dgcnn_norm=True)
+    path = save_model_checkpoint(old, tmp_path / "old.ckpt")
+    ckpt = torch.load(path, weights_only=True)
+    ckpt["mmzoo"]["config"].pop("decoder_dgcnn_norm")
+    torch.save(ckpt, path)
+    loaded = mmzoo.create_model(pretrained=path)
+    assert norms(loaded.dgcnn_2) == 5
+    for k, v in old.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v)
