@@ -2,13 +2,16 @@
 ``procedural_shapes``, the tiny dVAE's pieces with the quantizer replaced by a plain softmax (no Gumbel
 noise) and prints the fine Chamfer-L1 next to the trivial one of putting every point at the patch centre:
 
-  full        encoder -> DGCNN 1 -> softmax codes -> codebook -> DGCNN 2 -> folding decoder
+  full        encoder -> DGCNN 1 -> softmax codes -> codebook -> DGCNN 2 -> folding decoder (GroupNorm in both
+              DGCNNs, as the released Point-BERT dVAE)
+  full_no_norm2  the same without GroupNorm in DGCNN 2 (the tiny preset's decoder_dgcnn_norm=False)
+  full_no_norm   the same without GroupNorm in either DGCNN
   no_dgcnn2   encoder -> DGCNN 1 -> softmax codes -> codebook -> folding decoder
   dgcnn2_only encoder -> DGCNN 2 -> folding decoder
   fold        encoder -> linear -> folding decoder
   mlp         encoder -> MLP -> 16 points (no folding)
 
-    python benchmarks/point_bert_dvae_ablation.py --modes full no_dgcnn2 mlp
+    python benchmarks/point_bert_dvae_ablation.py --modes full full_no_norm2 no_dgcnn2 mlp
 """
 from __future__ import annotations
 
@@ -26,12 +29,17 @@ import mmzoo  # noqa: E402
 from mmzoo.data import ProceduralShapesDataModule  # noqa: E402
 from mmzoo.layers.points import chamfer_distance  # noqa: E402
 
-MODES = ["full", "no_dgcnn2", "dgcnn2_only", "fold", "mlp"]
+MODES = ["full", "full_no_norm2", "full_no_norm", "no_dgcnn2", "dgcnn2_only", "fold", "mlp"]
 
 
 def run(mode: str, steps: int, preset: str) -> tuple[float, float, float]:
     torch.manual_seed(0)
-    dvae = mmzoo.create_model(preset)
+    dvae = mmzoo.create_model(preset, decoder_dgcnn_norm=mode != "full_no_norm2" and mode != "full_no_norm")
+    if mode == "full_no_norm":  # the encoder-side DGCNN too (no config switch: an ablation only)
+        for m in list(dvae.dgcnn_1.modules()):
+            for name, child in list(m.named_children()):
+                if isinstance(child, nn.GroupNorm):
+                    setattr(m, name, nn.Identity())
     c = dvae.cfg
     dm = ProceduralShapesDataModule(batch_size=32, seed=42, num_points=512)
     dm.setup("fit")
@@ -46,9 +54,9 @@ def run(mode: str, steps: int, preset: str) -> tuple[float, float, float]:
         if mode == "mlp":
             fine = extra["mlp"](f).reshape(*f.shape[:2], c.group_size, 3)
         else:
-            if mode in ("full", "no_dgcnn2"):
+            if mode.startswith("full") or mode == "no_dgcnn2":
                 z = dvae.dgcnn_1(f, centers).softmax(-1) @ dvae.codebook
-                z = dvae.dgcnn_2(z, centers) if mode == "full" else z
+                z = z if mode == "no_dgcnn2" else dvae.dgcnn_2(z, centers)
             elif mode == "dgcnn2_only":
                 z = dvae.dgcnn_2(f, centers)
             else:
