@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import itertools
 import json
 import os
 import time
@@ -27,20 +26,13 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mmzoo.convert import MMZOO_KEY, model_metadata
 from mmzoo.data import DigitsDataModule, ShapesDataModule
 from mmzoo.models import create_model
 from mmzoo.peft import apply_peft, count_parameters, merge_lora, save_adaptation, unmerge_lora
 from mmzoo.peft.compress import magnitude_prune, model_bytes, prune_heads, quantize_int8
 from mmzoo.tasks.base import param_groups_weight_decay, warmup_cosine
 from mmzoo.tasks.distill import distillation_loss
-
-
-def save_mmzoo(model: torch.nn.Module, path: Path) -> Path:
-    """A checkpoint ``create_model(pretrained=path)`` rebuilds from the file alone."""
-    torch.save({MMZOO_KEY: model_metadata(model), "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}},
-               path)
-    return path
+from mmzoo.tasks.stages import cycle, save_model_checkpoint
 
 
 def train(model, loader, steps: int, lr: float, weight_decay: float = 0.05, teacher=None, T: float = 4.0,
@@ -51,7 +43,7 @@ def train(model, loader, steps: int, lr: float, weight_decay: float = 0.05, teac
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, steps, 0.01))
     model.train()
-    batches = itertools.chain.from_iterable(itertools.repeat(loader))
+    batches = cycle(loader)
     times = []
     for step in range(steps):
         x, y = next(batches)
@@ -117,7 +109,7 @@ def shapes_setting(args, out: Path, results: dict):
         print(f"pretrained {args.model} on shapes: test acc {acc:.2f}% ({args.pretrain_steps} steps, {t:.3f} s/step)",
               flush=True)
         results["pretrain_shapes_acc"] = acc
-        save_mmzoo(model, base_ckpt)
+        save_model_checkpoint(model, base_ckpt)
     digits = DigitsDataModule(batch_size=args.batch_size, seed=0, image_size=S)
     digits.setup("fit")
     digits.setup("test")
@@ -132,7 +124,7 @@ def clip_setting(args, out: Path):
     if not hasattr(clip, "visual"):
         raise SystemExit(f"{args.clip_checkpoint} holds a {type(clip).__name__}, not a CLIP model")
     tower = clip.visual
-    base_ckpt = save_mmzoo(tower, out / "clip_image_tower.ckpt")
+    base_ckpt = save_model_checkpoint(tower, out / "clip_image_tower.ckpt")
     S = tower.cfg.img_size if isinstance(tower.cfg.img_size, int) else tower.cfg.img_size[0]
     shapes = ShapesDataModule(batch_size=args.batch_size, seed=1, image_size=S, num_train=args.target_train,
                               num_val=100, num_test=2000)
@@ -178,7 +170,7 @@ def digits_split_setting(args, out: Path, results: dict):
         print(f"pretrained {args.model} on digits 0-4: test acc {acc:.2f}% ({args.pretrain_steps} steps, "
               f"{t:.3f} s/step)", flush=True)
         results["pretrain_digits04_acc"] = acc
-        save_mmzoo(model, base_ckpt)
+        save_model_checkpoint(model, base_ckpt)
     return (base_ckpt, S, 5, 1, loader(digits.train_set, second, True), loader(digits.test_set, second, False))
 
 
@@ -269,7 +261,7 @@ def main() -> None:
             row["merge_max_abs_diff"] = (y0 - y1).abs().max().item()
         if label == "full fine-tuning":
             full_model = model
-            save_mmzoo(model, out / "target_full.ckpt")
+            save_model_checkpoint(model, out / "target_full.ckpt")
             results["compression"] = compress_rows(model, test_loader)
         results["rows"].append(row)
         print(json.dumps(row), flush=True)

@@ -16,7 +16,6 @@ noise) and prints the fine Chamfer-L1 next to the trivial one of putting every p
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import torch.nn as nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mmzoo  # noqa: E402
+from mmzoo.tasks.stages import cycle  # noqa: E402
 from mmzoo.data import ProceduralShapesDataModule  # noqa: E402
 from mmzoo.layers.points import chamfer_distance  # noqa: E402
 
@@ -47,7 +47,7 @@ def run(mode: str, steps: int, preset: str) -> tuple[float, float, float]:
                            "mlp": nn.Sequential(nn.Linear(c.encoder_dim, 256), nn.ReLU(), nn.Linear(256, 256),
                                                 nn.ReLU(), nn.Linear(256, 3 * c.group_size))})
     opt = torch.optim.AdamW([*dvae.parameters(), *extra.parameters()], lr=1e-3, weight_decay=0.05)
-    batches = itertools.chain.from_iterable(itertools.repeat(dm.train_dataloader()))
+    batches = cycle(dm.train_dataloader())
     for _ in range(steps):
         neighborhood, centers = dvae.group(next(batches)[0])
         f = dvae.encoder(neighborhood)

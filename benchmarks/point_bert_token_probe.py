@@ -10,7 +10,6 @@ little to learn from its context.
 from __future__ import annotations
 
 import argparse
-import itertools
 import sys
 from pathlib import Path
 
@@ -21,6 +20,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import mmzoo  # noqa: E402
+from mmzoo.tasks.stages import cycle  # noqa: E402
 from mmzoo.data import ProceduralShapesDataModule  # noqa: E402
 from mmzoo.models.point_bert import block_mask  # noqa: E402
 
@@ -44,7 +44,7 @@ def main() -> None:
                                group_size=dvae.cfg.group_size)
     head = nn.Linear(model.cfg.dim, dvae.cfg.num_tokens)
     opt = torch.optim.AdamW([*model.parameters(), *head.parameters()], lr=1e-3)
-    batches = itertools.chain.from_iterable(itertools.repeat(dm.train_dataloader()))
+    batches = cycle(dm.train_dataloader())
     for step in range(args.steps):
         points = next(batches)[0]
         neighborhood, centers = model.group(points)

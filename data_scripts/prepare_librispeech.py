@@ -6,11 +6,9 @@
         --train train-clean-100 --val dev-clean --test test-clean
     python data_scripts/prepare_librispeech.py --root data/librispeech --train dev-clean --val test-clean \\
         --from-archive ~/Downloads/dev-clean.tar.gz ~/Downloads/test-clean.tar.gz --lowercase
-    python train.py model=wav2vec2 task=ctc data=audio_folder data.root=data/librispeech \\
-        '~data.vocabulary' data.max_seconds=null
+    python train.py model=wav2vec2 task=ctc data=audio_folder data.root=data/librispeech data.max_seconds=null
 
-(``task=ctc`` sets ``data.target=transcript`` and the built-in data's ``data.vocabulary``, which the folder
-data does not take: hence ``~data.vocabulary``. ``data.max_seconds=null`` keeps whole utterances: a crop
+(``task=ctc`` sets ``data.target=transcript``; ``data.max_seconds=null`` keeps whole utterances: a crop
 would cut the audio but not its transcript.)
 
 Transcripts come from the ``<speaker>-<chapter>.trans.txt`` files (``<utterance id> <TEXT>`` per line).
@@ -181,7 +179,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif (root / f"{split}.tsv").exists():
             (root / f"{split}.tsv").unlink()  # a stale manifest of an earlier run would be read as this split
     print(f"train with:\n  python train.py model=wav2vec2 task=ctc data=audio_folder data.root={root} "
-          f"'~data.vocabulary' data.max_seconds=null")
+          f"data.max_seconds=null")
     return 0
 
 

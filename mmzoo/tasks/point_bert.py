@@ -30,7 +30,7 @@ from ..models import create_model
 from ..models.point_bert import PointBERT, PointDVAE, block_mask
 from .base import BaseTask
 from .classification import ClassificationTask
-from .stages import fit_plain, run_dir as _run_dir, save_model_checkpoint
+from .stages import fit_plain, run_dir as _run_dir, save_model_checkpoint, stage_device
 
 log = logging.getLogger("mmzoo")
 
@@ -273,7 +273,7 @@ class PointBERTPretrainTask(BaseTask):
             hp = self.hparams
             dm = None if hp.dvae_checkpoint else _datamodule(self)
             self.dvae = ensure_tokenizer(hp.dvae_checkpoint, hp.tokenizer_model, hp.tokenizer_steps, hp.tokenizer_lr,
-                                         dm, _run_dir(self), self.device, self.model)
+                                         dm, _run_dir(self), stage_device(self), self.model)
             _check_compatible(self.model, self.dvae)
 
     def _moco(self, features: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -382,12 +382,14 @@ class PointClassificationTask(ClassificationTask):
             self.model.load_state_dict(own, strict=False)
             return
         dm = _datamodule(self)
+        device = stage_device(self)
+        self.model.to(device)  # the strategy would move it after setup anyway
         dvae = ensure_tokenizer(hp.dvae_checkpoint, hp.tokenizer_model, hp.tokenizer_steps, hp.tokenizer_lr, dm,
-                                _run_dir(self), self.device, self.model)
+                                _run_dir(self), device, self.model)
         log.warning("pre-training Point-BERT by masked point modeling for %d steps before fine-tuning "
                     "(task.pretrain_steps)", hp.pretrain_steps)
         fit_mpm(self.model, dvae, dm.unlabeled_dataloader(), hp.pretrain_steps, hp.pretrain_lr, hp.mask_ratio,
-                device=self.device)
+                device=device)
         save_model_checkpoint(self.model, path)
 
     def _vote(self, x: torch.Tensor) -> torch.Tensor:

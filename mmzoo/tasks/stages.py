@@ -58,6 +58,13 @@ def save_model_checkpoint(model: nn.Module, path: Path) -> Path:
     return path
 
 
+def stage_device(task: Any) -> torch.device:
+    """Where a stage run in ``setup`` should train: the device training will run on (``setup`` runs before
+    the strategy moves the task there)."""
+    trainer = task.trainer if task._trainer is not None else None
+    return trainer.strategy.root_device if trainer is not None else task.device
+
+
 def run_dir(task: Any) -> Path:
     """The run directory of a task's trainer (``hydra.run.dir``)."""
     trainer = task.trainer

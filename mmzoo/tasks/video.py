@@ -23,7 +23,7 @@ from ..models import build_model
 from ..models.timesformer import TimeSformer
 from ..models.vit import ViTConfig
 from .classification import ClassificationTask
-from .stages import fit_plain, run_dir, save_model_checkpoint
+from .stages import fit_plain, run_dir, save_model_checkpoint, stage_device
 
 log = logging.getLogger("mmzoo")
 
@@ -110,10 +110,9 @@ class VideoClassificationTask(ClassificationTask):
                         "shapes images first (%d steps, task.image_pretrain_steps), saved to %s; "
                         "model.pretrained_image=PATH starts from a given one", hp.image_pretrain_steps, path)
             seed = getattr(getattr(self.trainer, "datamodule", None), "seed", 0)
-            # setup runs before the strategy moves the model: train the image model where training will run
-            device = self.trainer.strategy.root_device if self.trainer is not None else self.device
             vit = pretrain_image_vit(self.model, hp.image_pretrain_steps, hp.image_pretrain_lr,
-                                     hp.image_pretrain_batch_size, hp.image_pretrain_num_train, seed, device)
+                                     hp.image_pretrain_batch_size, hp.image_pretrain_num_train, seed,
+                                     stage_device(self))
             save_model_checkpoint(vit, path)
         load_image_weights(self.model, path)
         self.model.init_source = str(path)
