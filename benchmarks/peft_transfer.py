@@ -1,15 +1,17 @@
-"""Transfer table for mmzoo.peft: a ViT pretrained on the built-in ``shapes`` data, adapted to the real
-``digits`` data (grey 8x8 scans upsampled to ``--image-size``; the 3-channel patch embedding is summed to
-one channel by the checkpoint loader) with every method for the same number of steps. Also: distillation
-(student alone vs distilled from the fully fine-tuned model) and pruning / int8 quantization of that
-model. Prints a Markdown table and writes ``results.json``.
+"""Transfer table for mmzoo.peft. By default (``--base digits_split``): a ViT pretrained here on the real
+``digits`` 0-4, adapted to the digits 5-9 (new classes, same domain) from ``--target-per-class`` labelled
+images per class (10: 50 images; 0: the whole training split), with every method for the same number of
+steps. Also: distillation (student alone vs distilled from the fully fine-tuned model) and pruning /
+int8 quantization of that model. Prints a Markdown table and writes ``results.json``.
 
     PYTHONPATH=$PWD python benchmarks/peft_transfer.py --out /tmp/peft_transfer
 
-``--base clip --clip-checkpoint RUN/checkpoints/last.ckpt`` uses instead the image tower of a CLIP trained
-by ``python train.py model=clip`` (on the ``shapes_captions`` scenes) as the base, adapted to classifying
-the single shapes of ``shapes`` (8 classes, at the tower's image size, ``--target-train`` images).
-``--base digits_split`` pretrains the ViT on the digits 0-4 and adapts it to the digits 5-9.
+``--base shapes`` pretrains the ViT on the built-in ``shapes`` instead and adapts it to all ten digits
+(grey 8x8 scans upsampled to ``--image-size``; the 3-channel patch embedding is summed to one channel by
+the checkpoint loader). ``--base clip --clip-checkpoint RUN/checkpoints/last.ckpt`` uses the image tower
+of a CLIP trained by ``python train.py model=clip`` (on the ``shapes_captions`` scenes), adapted to
+classifying the single shapes of ``shapes`` (8 classes, at the tower's image size, ``--target-train``
+images).
 
 Figures are single runs (seed 0) on CPU; time/step depends on the machine's load.
 """
@@ -93,6 +95,11 @@ def compress_rows(full_model, test_loader) -> list[dict]:
     return comp
 
 
+def base_overrides(args) -> dict:
+    """Config changes of the base ViT (``--embed-dim``: a wider base, same depth and heads)."""
+    return {"embed_dim": args.embed_dim} if getattr(args, "embed_dim", None) else {}
+
+
 def shapes_setting(args, out: Path, results: dict):
     """A ViT pretrained here on shapes (S x S RGB, 8 classes), adapted to digits (grey, 10 classes)."""
     S = args.image_size
@@ -102,7 +109,7 @@ def shapes_setting(args, out: Path, results: dict):
         shapes = ShapesDataModule(batch_size=128, seed=0, image_size=S, num_train=args.shapes_train, num_val=100,
                                   num_test=1000)
         shapes.setup("fit")
-        model = create_model(args.model, num_classes=8, img_size=S, in_chans=3)
+        model = create_model(args.model, num_classes=8, img_size=S, in_chans=3, **base_overrides(args))
         t = train(model, shapes.train_dataloader(), args.pretrain_steps, lr=2e-3)
         shapes.setup("test")
         acc = accuracy(model, shapes.test_dataloader())
@@ -136,9 +143,24 @@ def clip_setting(args, out: Path):
 class _ClassSubset(torch.utils.data.Dataset):
     """The samples of ``classes`` (in that order) of a ``(x, y)`` data set, labels renumbered 0.."""
 
-    def __init__(self, dataset, classes: list[int]) -> None:
+    def __init__(self, dataset, classes: list[int], per_class: int | None = None) -> None:
         self.dataset, self.remap = dataset, {c: i for i, c in enumerate(classes)}
-        self.indices = [i for i in range(len(dataset)) if int(dataset[i][1]) in self.remap]
+        labels = [int(dataset[i][1]) for i in range(len(dataset))]
+        self.indices = [i for i, y in enumerate(labels) if y in self.remap]
+        if per_class is not None:  # the first ``per_class`` of each class
+            counts = {c: 0 for c in classes}
+            keep = []
+            for i in self.indices:
+                if counts[labels[i]] < per_class:
+                    keep.append(i)
+                    counts[labels[i]] += 1
+            if min(counts.values()) < per_class:
+                raise SystemExit(f"only {min(counts.values())} images in the smallest class, {per_class} asked for")
+            self.indices = keep
+
+    def set_epoch(self, epoch: int) -> None:  # the augmentation of the wrapped set follows the epoch
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -164,20 +186,33 @@ def digits_split_setting(args, out: Path, results: dict):
     base_ckpt = out / "digits04_pretrained.ckpt"
     if not base_ckpt.exists():
         torch.manual_seed(0)
-        model = create_model(args.model, num_classes=5, img_size=S, in_chans=1)
+        model = create_model(args.model, num_classes=5, img_size=S, in_chans=1, **base_overrides(args))
         t = train(model, loader(digits.train_set, first, True), args.pretrain_steps, lr=2e-3)
         acc = accuracy(model, loader(digits.test_set, first, False))
         print(f"pretrained {args.model} on digits 0-4: test acc {acc:.2f}% ({args.pretrain_steps} steps, "
               f"{t:.3f} s/step)", flush=True)
         results["pretrain_digits04_acc"] = acc
         save_model_checkpoint(model, base_ckpt)
-    return (base_ckpt, S, 5, 1, loader(digits.train_set, second, True), loader(digits.test_set, second, False))
+    if not args.target_per_class:
+        return base_ckpt, S, 5, 1, loader(digits.train_set, second, True), loader(digits.test_set, second, False)
+    # few labels: N training images per class of 5-9; the test set is 60% of their images (none of them trained on)
+    target = DigitsDataModule(batch_size=args.batch_size, seed=1, image_size=S, fractions=(0.3, 0.1, 0.6))
+    target.setup("fit")
+    target.setup("test")
+    train_few = _ClassSubset(target.train_set, second, args.target_per_class)
+    g = torch.Generator().manual_seed(0)
+    train_loader = torch.utils.data.DataLoader(train_few, batch_size=min(args.batch_size, len(train_few)),
+                                               shuffle=True, drop_last=True, generator=g)
+    results["target"] = {"train_images": len(train_few), "test_images": len(_ClassSubset(target.test_set, second))}
+    print(f"digits 5-9: {len(train_few)} training images ({args.target_per_class} per class), "
+          f"{results['target']['test_images']} test images", flush=True)
+    return base_ckpt, S, 5, 1, train_loader, loader(target.test_set, second, False)
 
 
 def scratch_model(args, base_ckpt: Path, num_classes: int, S: int, in_chans: int):
     """The base architecture with fresh weights (the "no pretraining" row)."""
     if args.base == "shapes":
-        return create_model(args.model, num_classes=num_classes, img_size=S, in_chans=in_chans)
+        return create_model(args.model, num_classes=num_classes, img_size=S, in_chans=in_chans, **base_overrides(args))
     base = create_model(pretrained=str(base_ckpt), num_classes=num_classes)
     return type(base)(dataclasses.replace(base.cfg, num_classes=num_classes))  # same config, fresh init
 
@@ -185,6 +220,7 @@ def scratch_model(args, base_ckpt: Path, num_classes: int, S: int, in_chans: int
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="vit_micro_patch4_32")
+    ap.add_argument("--embed-dim", type=int, default=None, help="width of the base ViT (default: the preset's)")
     ap.add_argument("--student", default="vit_micro_patch4_32")
     ap.add_argument("--student-width", type=int, default=32, help="student embed_dim (depth 1)")
     ap.add_argument("--image-size", type=int, default=16, help="side of shapes and digits images")
@@ -194,10 +230,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="/tmp/peft_transfer")
-    ap.add_argument("--base", choices=["shapes", "clip", "digits_split"], default="shapes",
+    ap.add_argument("--base", choices=["shapes", "clip", "digits_split"], default="digits_split",
                     help="shapes: a ViT pretrained here on shapes, adapted to digits; clip: a trained CLIP's "
                          "image tower, adapted to shapes; digits_split: a ViT pretrained here on the digits "
                          "0-4, adapted to the digits 5-9")
+    ap.add_argument("--target-per-class", type=int, default=10,
+                    help="--base digits_split: labelled training images per class of 5-9 (0: all)")
     ap.add_argument("--clip-checkpoint", default=None, help="--base clip: a model=clip run's checkpoint")
     ap.add_argument("--target-train", type=int, default=4000, help="--base clip: shapes training images")
     args = ap.parse_args()
@@ -259,6 +297,13 @@ def main() -> None:
                 y1 = model(x)
                 unmerge_lora(model)
             row["merge_max_abs_diff"] = (y0 - y1).abs().max().item()
+            # the fp32 difference is rounding (summation order); in float64 merging is exact to ~1e-12
+            m64 = copy.deepcopy(model).double()
+            with torch.no_grad():
+                y0 = m64(x.double())
+                merge_lora(m64)
+                row["merge_max_abs_diff_fp64"] = (y0 - m64(x.double())).abs().max().item()
+            row["logit_max_abs"] = y1.abs().max().item()
         if label == "full fine-tuning":
             full_model = model
             save_model_checkpoint(model, out / "target_full.ckpt")

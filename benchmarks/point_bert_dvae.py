@@ -1,5 +1,9 @@
 """dVAE validation Chamfer-L1 at initialisation (same seed as the run) and after training, plus
-codebook usage. Run after `train.py model=point_bert_dvae ... hydra.run.dir=RUN`:
+codebook usage, and how much the trained tokens say about their patches: the spread of the token logits
+against the Gumbel noise of training (how often a Gumbel sample picks the arg-max token), and the
+Chamfer-L1 when every patch is decoded from one and the same token or from its cloud's tokens shuffled,
+next to putting every point at its patch centre. Run after `train.py model=point_bert_dvae ...
+hydra.run.dir=RUN`:
     PYTHONPATH=$PWD python benchmarks/point_bert_dvae.py RUN/checkpoints/last.ckpt --num-points 512 --seed 42
 """
 from __future__ import annotations
@@ -7,6 +11,7 @@ from __future__ import annotations
 import argparse
 
 import torch
+import torch.nn.functional as F
 
 import mmzoo
 from mmzoo.data.points import ProceduralShapesDataset
@@ -33,12 +38,44 @@ def main() -> None:
     args = ap.parse_args()
     trained = mmzoo.create_model(pretrained=args.checkpoint)
     torch.manual_seed(args.seed)  # train.py seeds before building the model: same initial weights
-    initial = mmzoo.create_model(trained.model_name, **{k: getattr(trained.cfg, k) for k in ("num_groups", "group_size")})
+    initial = mmzoo.models.build_model(trained.cfg)  # the run's config (every override), fresh weights
     val = ProceduralShapesDataset(args.num_val, args.num_points, args.seed, "val").points
     c0, u0 = evaluate(initial, val)
     c1, u1 = evaluate(trained, val)
     print(f"val Chamfer-L1 initial {c0:.4f} -> trained {c1:.4f} (ratio {c1 / c0:.3f}); "
           f"codebook usage {u0:.3f} -> {u1:.3f}")
+    for k, v in token_information(trained, val[:100]).items():
+        print(f"  {k}: {v:.4f}")
+
+
+@torch.no_grad()
+def token_information(model, points: torch.Tensor) -> dict[str, float]:
+    """Do the arg-max tokens carry the patches' shapes? (see the module docstring)"""
+    model.eval()
+    neighborhood, centers = model.group(points)
+    logits = model.encode(neighborhood, centers)
+    gt = neighborhood.flatten(0, 1)
+    T = model.cfg.num_tokens
+    tokens = logits.argmax(-1)
+
+    def chamfer(token_ids: torch.Tensor) -> float:
+        _, fine = model.decode(F.one_hot(token_ids, T).to(logits.dtype), centers)
+        return chamfer_distance(fine.flatten(0, 1), gt, "l1").item()
+
+    g = torch.Generator().manual_seed(0)
+    gumbel = -torch.empty_like(logits).exponential_(generator=g).log()
+    perm = torch.stack([torch.randperm(tokens.shape[1], generator=g) for _ in range(tokens.shape[0])])
+    top2 = logits.topk(2, dim=-1).values
+    most_frequent = torch.full_like(tokens, tokens.flatten().mode().values.item())
+    return {
+        "logit std per patch": logits.std(-1).mean().item(),
+        "top-1 minus top-2 logit": (top2[..., 0] - top2[..., 1]).mean().item(),
+        "Gumbel sample = arg-max token (fraction)": ((logits + gumbel).argmax(-1) == tokens).float().mean().item(),
+        "Chamfer-L1, arg-max tokens": chamfer(tokens),
+        "Chamfer-L1, tokens shuffled within each cloud": chamfer(torch.gather(tokens, 1, perm)),
+        "Chamfer-L1, the most frequent token everywhere": chamfer(most_frequent),
+        "Chamfer-L1, every point at its patch centre": chamfer_distance(torch.zeros_like(gt), gt, "l1").item(),
+    }
 
 
 if __name__ == "__main__":

@@ -44,16 +44,26 @@ def cosine_anneal(start: float, end: float, progress: float) -> float:
     return end + (start - end) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def token_usage_kl(logits: torch.Tensor) -> torch.Tensor:
+    """KL(uniform || q̄) of token logits (B, G, T), q̄ = the softmax averaged over each cloud's G patches,
+    averaged over clouds (Point-BERT's ``F.kl_div(log q̄, log U, 'batchmean', log_target=True)``)."""
+    num_groups, num_tokens = logits.shape[1:]
+    # log q̄ (B, T) from log-softmaxes, without underflow: log mean_g q_g = logsumexp_g log q_g - log G
+    log_q_mean = torch.logsumexp(F.log_softmax(logits.float(), dim=-1), dim=1) - math.log(num_groups)
+    # KL(U || q̄) = sum_t (1 / T) (log(1 / T) - log q̄_t)
+    return (-math.log(num_tokens) - log_q_mean).mean(-1).mean()
+
+
 def dvae_losses(dvae: PointDVAE, points: torch.Tensor, temperature: float, kl_weight: float) -> dict[str, torch.Tensor]:
     """Point-BERT's dVAE objective: Chamfer-L1 of the coarse and fine rebuilt patches against the input
-    patches, plus ``kl_weight`` x KL(q(token | patch) || uniform prior)."""
+    patches, plus ``kl_weight`` x KL(uniform || q̄), q̄ the token distribution averaged over each cloud's
+    patches (Point-BERT's term: it spreads a cloud's patches over the codebook without pushing any one
+    patch's distribution toward uniform, which would erase what the token says about its patch)."""
     out = dvae(points, temperature)
     gt = out.neighborhood.flatten(0, 1)  # (B * G, K, 3)
     coarse = chamfer_distance(out.coarse.flatten(0, 1), gt, "l1")
     fine = chamfer_distance(out.fine.flatten(0, 1), gt, "l1")
-    log_q = F.log_softmax(out.logits, dim=-1)  # (B, G, T)
-    # KL(q || U) = sum_t q_t (log q_t - log(1 / T)), averaged over patches
-    kl = (log_q.exp() * (log_q + math.log(out.logits.shape[-1]))).sum(-1).mean()
+    kl = token_usage_kl(out.logits)
     return {"loss": coarse + fine + kl_weight * kl, "chamfer_l1_coarse": coarse, "chamfer_l1": fine, "kl": kl}
 
 

@@ -19,18 +19,28 @@ log = logging.getLogger("mmzoo")
 
 
 def cycle(loader: Iterable) -> Iterator:
-    """Batches of ``loader`` forever (one epoch after another)."""
+    """Batches of ``loader`` forever (one epoch after another). Each epoch is announced to the loader's
+    sampler and data set (``set_epoch``, as Lightning does), so the shuffle order and seeded augmentations
+    change from epoch to epoch."""
+    epoch = 0
     while True:
+        for obj in {id(o): o for o in (getattr(loader, "sampler", None), getattr(loader, "dataset", None))
+                    if hasattr(o, "set_epoch")}.values():
+            obj.set_epoch(epoch)
         yield from loader
+        epoch += 1
 
 
 def fit_plain(params: Iterable[nn.Parameter], loader: Iterable, steps: int, lr: float,
               step_fn: Callable[[Any, float], dict[str, torch.Tensor]], name: str, weight_decay: float = 0.05,
               log_every: int = 50) -> dict[str, float]:
     """AdamW with warmup + cosine for ``steps`` steps of ``step_fn(batch, progress) -> {"loss": ..., ...}``
-    (progress runs 0 -> 1); gradients clipped to norm 1. Returns the last step's scalars."""
+    (progress runs 0 -> 1); gradients clipped to norm 1. Biases and norm weights (1-D parameters) are not
+    weight-decayed, as in the Lightning tasks. Returns the last step's scalars."""
     params = [p for p in params if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, steps, 0.01))
     last: dict[str, float] = {}

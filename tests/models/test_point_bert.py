@@ -2,8 +2,11 @@
 masking, checkpoint round trip and head replacement."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
+import torch.nn.functional as F
 
 import mmzoo
 from mmzoo.models.point_bert import PointBERT, PointDVAE, block_mask
@@ -126,3 +129,29 @@ def test_decoder_dgcnn_norm_switch_and_old_checkpoints(tmp_path):
     assert norms(loaded.dgcnn_2) == 5
     for k, v in old.state_dict().items():
         assert torch.equal(loaded.state_dict()[k], v)
+
+
+
+def test_dvae_kl_is_uniform_against_each_clouds_mean_token_distribution():
+    from mmzoo.tasks.point_bert import dvae_losses, token_usage_kl
+
+    torch.manual_seed(0)
+    dvae = mmzoo.create_model("point_bert_dvae_tiny").train()
+    points = torch.randn(3, 512, 3)
+    torch.manual_seed(1)
+    out = dvae_losses(dvae, points, temperature=1.0, kl_weight=0.1)
+    torch.manual_seed(1)
+    logits = dvae(points, 1.0).logits  # (B, G, T)
+    # Point-BERT's term: F.kl_div(log mean_g softmax, log uniform, batchmean, log_target) = KL(U || q̄)
+    log_qy = torch.log(F.softmax(logits, dim=-1).mean(dim=1))
+    log_uniform = torch.full_like(log_qy, -math.log(logits.shape[-1]))
+    ref = F.kl_div(log_qy, log_uniform, reduction="batchmean", log_target=True)
+    assert torch.allclose(out["kl"], ref, rtol=1e-5, atol=1e-6)
+    # confident patches spread over the codebook cost far less than confident patches all on one token;
+    # a per-patch KL(q || U) would rate the two the same
+    T, G = 64, 16
+    spread, same = torch.full((2, G, T), -8.0), torch.full((2, G, T), -8.0)
+    spread[:, torch.arange(G), torch.arange(G) * (T // G)] = 8.0
+    same[:, :, 0] = 8.0
+    assert token_usage_kl(spread) < token_usage_kl(same) - 2.0
+    assert token_usage_kl(torch.zeros(2, G, T)).abs() < 1e-6  # uniform q: no cost
