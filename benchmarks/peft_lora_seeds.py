@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import peft_transfer as pt  # noqa: E402
 from mmzoo.data import DigitsDataModule  # noqa: E402
 from mmzoo.models import create_model  # noqa: E402
-from mmzoo.peft import apply_peft  # noqa: E402
+from mmzoo.peft import apply_peft, count_parameters  # noqa: E402
 
 
 def main() -> None:
@@ -31,8 +31,10 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--pretrain-steps", type=int, default=3000, help="of the base, when --out holds none")
-    ap.add_argument("--full-lrs", type=float, nargs="+", default=[1e-3, 3e-4])
+    ap.add_argument("--full-lrs", type=float, nargs="*", default=[1e-3, 3e-4])
     ap.add_argument("--lora-lrs", type=float, nargs="+", default=[3e-3, 1e-2, 3e-2])
+    ap.add_argument("--lora-target", nargs="+", default=None,
+                    help="LoRA's module name patterns (default: the attention projections), e.g. '*.mlp.fc1'")
     ap.add_argument("--out", default="/tmp/peft_transfer")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
@@ -46,7 +48,7 @@ def main() -> None:
     target = DigitsDataModule(batch_size=64, seed=1, image_size=S, fractions=(0.3, 0.1, 0.6))  # as the setting
     target.setup("fit")
     val_loader = torch.utils.data.DataLoader(pt._ClassSubset(target.val_set, [5, 6, 7, 8, 9]), batch_size=64)
-    lora8 = {"method": "lora", "r": 8, "alpha": 16.0}
+    lora8 = {"method": "lora", "r": 8, "alpha": 16.0, "target": a.lora_target}
     runs = [("full", {"method": "none"}, lr) for lr in a.full_lrs] + [("lora8", lora8, lr) for lr in a.lora_lrs]
     for seed in a.seeds:
         for name, peft, lr in runs:
@@ -55,7 +57,10 @@ def main() -> None:
             apply_peft(model, peft)
             train_loader.generator.manual_seed(seed)
             pt.train(model, train_loader, a.steps, lr, weight_decay=0.05 if name == "full" else 0.0)
-            print(json.dumps({"method": name, "lr": lr, "seed": seed, "val": round(pt.accuracy(model, val_loader), 2),
+            trainable, total = count_parameters(model)
+            print(json.dumps({"method": name, "lr": lr, "seed": seed,
+                              "trainable_pct": round(100 * trainable / total, 2),
+                              "val": round(pt.accuracy(model, val_loader), 2),
                               "test": round(pt.accuracy(model, test_loader), 2)}), flush=True)
 
 

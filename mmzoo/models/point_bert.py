@@ -167,13 +167,16 @@ class PointDVAE(nn.Module):
         z = codes @ self.codebook  # (B, G, tokens_dim)
         return self.decoder(self.dgcnn_2(z, centers))
 
-    def forward(self, points: torch.Tensor, temperature: float = 1.0) -> DVAEOutput:
-        """points (B, N, 3). Training draws a soft Gumbel-softmax sample at ``temperature``; eval decodes
-        the arg-max token of each patch (what the tokenizer hands to Point-BERT)."""
+    def forward(self, points: torch.Tensor, temperature: float = 1.0, noise: float = 1.0) -> DVAEOutput:
+        """points (B, N, 3). Training draws a soft Gumbel-softmax sample at ``temperature``, its Gumbel noise
+        scaled by ``noise`` (1: the standard sample; 0: a plain softmax); eval decodes the arg-max token of
+        each patch (what the tokenizer hands to Point-BERT)."""
         neighborhood, centers = self.group(points)
         logits = self.encode(neighborhood, centers)
         if self.training:
-            codes = F.gumbel_softmax(logits, tau=temperature, hard=False, dim=-1)
+            # drawn as F.gumbel_softmax draws them (noise=1 is its sample, bit for bit)
+            gumbels = -torch.empty_like(logits, memory_format=torch.legacy_contiguous_format).exponential_().log()
+            codes = ((logits + noise * gumbels) / temperature).softmax(-1)
         else:
             codes = F.one_hot(logits.argmax(-1), self.cfg.num_tokens).to(logits.dtype)
         coarse, fine = self.decode(codes, centers)

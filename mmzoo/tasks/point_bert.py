@@ -54,12 +54,19 @@ def token_usage_kl(logits: torch.Tensor) -> torch.Tensor:
     return (-math.log(num_tokens) - log_q_mean).mean(-1).mean()
 
 
-def dvae_losses(dvae: PointDVAE, points: torch.Tensor, temperature: float, kl_weight: float) -> dict[str, torch.Tensor]:
+def gumbel_noise_scale(noise_ramp: float, progress: float) -> float:
+    """Scale of the Gumbel noise at ``progress`` (0 -> 1) of the anneal: rises linearly from 0 to 1 over the
+    first ``noise_ramp`` of it (0: full noise from the start, Point-BERT's recipe)."""
+    return 1.0 if noise_ramp <= 0 else min(1.0, max(progress, 0.0) / noise_ramp)
+
+
+def dvae_losses(dvae: PointDVAE, points: torch.Tensor, temperature: float, kl_weight: float,
+                noise: float = 1.0) -> dict[str, torch.Tensor]:
     """Point-BERT's dVAE objective: Chamfer-L1 of the coarse and fine rebuilt patches against the input
     patches, plus ``kl_weight`` x KL(uniform || q̄), q̄ the token distribution averaged over each cloud's
     patches (Point-BERT's term: it spreads a cloud's patches over the codebook without pushing any one
     patch's distribution toward uniform, which would erase what the token says about its patch)."""
-    out = dvae(points, temperature)
+    out = dvae(points, temperature, noise)
     gt = out.neighborhood.flatten(0, 1)  # (B * G, K, 3)
     coarse = chamfer_distance(out.coarse.flatten(0, 1), gt, "l1")
     fine = chamfer_distance(out.fine.flatten(0, 1), gt, "l1")
@@ -92,14 +99,16 @@ def _check_compatible(model: PointBERT, dvae: PointDVAE) -> None:
 
 
 def fit_dvae(dvae: PointDVAE, loader, steps: int, lr: float = 1e-3, temperature: Sequence[float] = (1.0, 0.0625),
-             kl_weight: Sequence[float] = (0.0, 0.1), device: Optional[torch.device] = None) -> dict[str, float]:
-    """Train the tokenizer for ``steps`` steps on ``loader`` batches ``(points, ...)`` (plain loop)."""
+             kl_weight: Sequence[float] = (0.0, 0.1), noise_ramp: float = 0.0,
+             device: Optional[torch.device] = None) -> dict[str, float]:
+    """Train the tokenizer for ``steps`` steps on ``loader`` batches ``(points, ...)`` (plain loop; the
+    schedules of :class:`PointDVAETask`)."""
     device = device or next(dvae.parameters()).device
     dvae.train()
 
     def step(batch, progress):
         return dvae_losses(dvae, batch[0].to(device), cosine_anneal(*temperature, progress),
-                           cosine_anneal(*kl_weight, progress))
+                           cosine_anneal(*kl_weight, progress), gumbel_noise_scale(noise_ramp, progress))
 
     out = fit_plain(dvae.parameters(), loader, steps, lr, step, "dVAE tokenizer")
     dvae.eval()
@@ -123,7 +132,8 @@ def fit_mpm(model: PointBERT, dvae: PointDVAE, loader, steps: int, lr: float = 1
 
 
 def ensure_tokenizer(dvae_checkpoint: Optional[str], tokenizer_model: str, tokenizer_steps: int, tokenizer_lr: float,
-                     datamodule: Any, out_dir: Path, device: torch.device, model: PointBERT) -> PointDVAE:
+                     datamodule: Any, out_dir: Path, device: torch.device, model: PointBERT,
+                     tokenizer_noise_ramp: float = 0.0) -> PointDVAE:
     """The dVAE of ``dvae_checkpoint``; without one, the dVAE this run trained before (resume) or a new
     ``tokenizer_model`` (grouping clouds as ``model`` does) trained now for ``tokenizer_steps`` steps on
     the data's training split."""
@@ -141,7 +151,8 @@ def ensure_tokenizer(dvae_checkpoint: Optional[str], tokenizer_model: str, token
                 "steps, saved to %s. Pass task.dvae_checkpoint=PATH to use a trained one "
                 "(`python train.py model=point_bert_dvae`).", tokenizer_model, tokenizer_steps, path)
     dvae = create_model(tokenizer_model, num_groups=model.cfg.num_groups, group_size=model.cfg.group_size).to(device)
-    fit_dvae(dvae, datamodule.unlabeled_dataloader(), tokenizer_steps, tokenizer_lr, device=device)
+    fit_dvae(dvae, datamodule.unlabeled_dataloader(), tokenizer_steps, tokenizer_lr,
+             noise_ramp=tokenizer_noise_ramp, device=device)
     save_model_checkpoint(dvae, path)
     return dvae.eval().requires_grad_(False)
 
@@ -172,17 +183,25 @@ class PointDVAETask(BaseTask):
         model: a :class:`PointDVAE`.
         temperature: Gumbel-softmax temperature, cosine-annealed from the first to the second value.
         kl_weight: weight of the KL term, cosine-annealed from the first to the second value.
-        anneal_steps: steps of both annealings (default: the whole run).
+        anneal_steps: steps of the annealings (default: the whole run).
+        noise_ramp: fraction of the anneal over which the Gumbel noise grows from 0 to its full scale
+            (0: full noise from the first step, Point-BERT's recipe). Small tokenizers need it: under full
+            noise their O(1) logits decide almost no sample, the decoder learns one mean patch and the
+            tokens stay uninformative (README, Point-BERT).
         **kwargs: optimisation options of :class:`BaseTask`.
     """
 
     def __init__(self, model: PointDVAE, temperature: Sequence[float] = (1.0, 0.0625),
-                 kl_weight: Sequence[float] = (0.0, 0.1), anneal_steps: Optional[int] = None, **kwargs: Any) -> None:
+                 kl_weight: Sequence[float] = (0.0, 0.1), anneal_steps: Optional[int] = None,
+                 noise_ramp: float = 0.0, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         if not isinstance(model, PointDVAE):
             raise ValueError(f"task=dvae trains a Point-BERT dVAE, got {type(model).__name__}; use model=point_bert_dvae")
         self.temperature, self.kl_weight = tuple(temperature), tuple(kl_weight)
         self.anneal_steps = anneal_steps
+        if not 0.0 <= noise_ramp <= 1.0:
+            raise ValueError(f"task.noise_ramp={noise_ramp}: expected a fraction of the anneal in [0, 1]")
+        self.noise_ramp = noise_ramp
         self.token_counts = torch.zeros(model.cfg.num_tokens, dtype=torch.long)
         self.val_point_samples: Optional[dict[str, torch.Tensor]] = None
 
@@ -193,9 +212,10 @@ class PointDVAETask(BaseTask):
     def training_step(self, batch, batch_idx: int):
         p = self._progress()
         tau, klw = cosine_anneal(*self.temperature, p), cosine_anneal(*self.kl_weight, p)
-        out = dvae_losses(self.model, batch[0], tau, klw)
+        noise = gumbel_noise_scale(self.noise_ramp, p)
+        out = dvae_losses(self.model, batch[0], tau, klw, noise)
         self.log_dict({f"train/{k}": v for k, v in out.items()}, prog_bar=False)
-        self.log_dict({"train/temperature": tau, "train/kl_weight": klw})
+        self.log_dict({"train/temperature": tau, "train/kl_weight": klw, "train/gumbel_noise": noise})
         return self.check_loss(out["loss"])
 
     def on_validation_epoch_start(self) -> None:
@@ -242,7 +262,8 @@ class PointBERTPretrainTask(BaseTask):
         model: a :class:`PointBERT` (``num_classes=0``: its head is not used here).
         dvae_checkpoint: the trained tokenizer (``model=point_bert_dvae`` run); None trains
             ``tokenizer_model`` for ``tokenizer_steps`` steps first (logged) and saves it in the run.
-        tokenizer_model, tokenizer_steps, tokenizer_lr: that fallback tokenizer.
+        tokenizer_model, tokenizer_steps, tokenizer_lr, tokenizer_noise_ramp: that fallback tokenizer
+            (``noise_ramp`` of :class:`PointDVAETask`).
         mask_ratio: range of the block-masking ratio, drawn per cloud.
         moco_weight: weight of the contrastive term (0 = off).
         moco_momentum: EMA momentum of the key encoder.
@@ -253,7 +274,7 @@ class PointBERTPretrainTask(BaseTask):
 
     def __init__(self, model: PointBERT, dvae_checkpoint: Optional[str] = None,
                  tokenizer_model: str = "point_bert_dvae_tiny", tokenizer_steps: int = 300, tokenizer_lr: float = 2e-3,
-                 mask_ratio: Sequence[float] = (0.25, 0.45), moco_weight: float = 0.0, moco_momentum: float = 0.999,
+                 tokenizer_noise_ramp: float = 0.0, mask_ratio: Sequence[float] = (0.25, 0.45), moco_weight: float = 0.0, moco_momentum: float = 0.999,
                  moco_queue: int = 1024, moco_temperature: float = 0.07, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         if not isinstance(model, PointBERT):
@@ -283,7 +304,7 @@ class PointBERTPretrainTask(BaseTask):
             hp = self.hparams
             dm = None if hp.dvae_checkpoint else _datamodule(self)
             self.dvae = ensure_tokenizer(hp.dvae_checkpoint, hp.tokenizer_model, hp.tokenizer_steps, hp.tokenizer_lr,
-                                         dm, _run_dir(self), stage_device(self), self.model)
+                                         dm, _run_dir(self), stage_device(self), self.model, hp.tokenizer_noise_ramp)
             _check_compatible(self.model, self.dvae)
 
     def _moco(self, features: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -360,7 +381,7 @@ class PointClassificationTask(ClassificationTask):
         vote_scale, vote_shift: the voting augmentation (as Point-BERT's ScaleAndTranslate).
         pretrain_steps: masked point modeling steps before fine-tuning (0 = none).
         pretrain_lr, mask_ratio: that stage's learning rate and masking range.
-        dvae_checkpoint, tokenizer_model, tokenizer_steps, tokenizer_lr: its tokenizer (see
+        dvae_checkpoint, tokenizer_model, tokenizer_steps, tokenizer_lr, tokenizer_noise_ramp: its tokenizer (see
             :class:`PointBERTPretrainTask`).
         **kwargs: optimisation options of :class:`BaseTask`.
     """
@@ -370,7 +391,8 @@ class PointClassificationTask(ClassificationTask):
                  vote_scale: Sequence[float] = (2 / 3, 3 / 2), vote_shift: float = 0.2, pretrain_steps: int = 0,
                  pretrain_lr: float = 1e-3, mask_ratio: Sequence[float] = (0.25, 0.45),
                  dvae_checkpoint: Optional[str] = None, tokenizer_model: str = "point_bert_dvae_tiny",
-                 tokenizer_steps: int = 300, tokenizer_lr: float = 2e-3, **kwargs: Any) -> None:
+                 tokenizer_steps: int = 300, tokenizer_lr: float = 2e-3, tokenizer_noise_ramp: float = 0.0,
+                 **kwargs: Any) -> None:
         super().__init__(model, num_classes, label_smoothing, class_names, **kwargs)
         if vote_num < 1:
             raise ValueError(f"task.vote_num must be >= 1, got {vote_num}")
@@ -395,7 +417,7 @@ class PointClassificationTask(ClassificationTask):
         device = stage_device(self)
         self.model.to(device)  # the strategy would move it after setup anyway
         dvae = ensure_tokenizer(hp.dvae_checkpoint, hp.tokenizer_model, hp.tokenizer_steps, hp.tokenizer_lr, dm,
-                                _run_dir(self), device, self.model)
+                                _run_dir(self), device, self.model, hp.tokenizer_noise_ramp)
         log.warning("pre-training Point-BERT by masked point modeling for %d steps before fine-tuning "
                     "(task.pretrain_steps)", hp.pretrain_steps)
         fit_mpm(self.model, dvae, dm.unlabeled_dataloader(), hp.pretrain_steps, hp.pretrain_lr, hp.mask_ratio,

@@ -155,3 +155,32 @@ def test_dvae_kl_is_uniform_against_each_clouds_mean_token_distribution():
     same[:, :, 0] = 8.0
     assert token_usage_kl(spread) < token_usage_kl(same) - 2.0
     assert token_usage_kl(torch.zeros(2, G, T)).abs() < 1e-6  # uniform q: no cost
+
+
+def test_dvae_gumbel_noise_scale():
+    from mmzoo.tasks.point_bert import gumbel_noise_scale
+
+    torch.manual_seed(0)
+    dvae = mmzoo.create_model("point_bert_dvae_tiny").train()
+    points = torch.randn(2, 512, 3)
+    nb, ct = dvae.group(points)
+    logits = dvae.encode(nb, ct)
+    # noise 1: exactly torch's Gumbel-softmax sample (same draws)
+    torch.manual_seed(3)
+    full = dvae(points, 0.5, 1.0).fine
+    torch.manual_seed(3)  # the same RNG use as the forward: grouping, then the sample
+    nb3, ct3 = dvae.group(points)
+    ref = dvae.decode(F.gumbel_softmax(dvae.encode(nb3, ct3), tau=0.5, dim=-1), ct3)[1]
+    assert torch.allclose(full, ref, atol=1e-6)
+    # noise 0: the plain softmax at that temperature, whatever the seed
+    zero = dvae(points, 0.5, 0.0).fine
+    assert torch.allclose(zero, dvae.decode((logits / 0.5).softmax(-1), ct)[1], atol=1e-6)
+    assert [gumbel_noise_scale(0.5, p) for p in (0.0, 0.25, 0.5, 1.0)] == [0.0, 0.5, 1.0, 1.0]
+    assert gumbel_noise_scale(0.0, 0.0) == 1.0  # Point-BERT: full noise from the first step
+
+
+def test_dvae_task_rejects_noise_ramp_outside_unit_interval():
+    from mmzoo.tasks.point_bert import PointDVAETask
+
+    with pytest.raises(ValueError, match="noise_ramp"):
+        PointDVAETask(mmzoo.create_model("point_bert_dvae_tiny"), noise_ramp=1.5)
