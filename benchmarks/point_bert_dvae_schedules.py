@@ -72,17 +72,17 @@ def run(mode: str, steps: int, dm) -> dict:
     elif mode == "gamma5":
         nn.init.constant_(proj[1].weight, 5.0)
     forward = dvae.forward
-    if mode in ("hard", "no_noise"):
-        def patched(points, temperature=1.0, noise=1.0):
+    if mode == "no_noise":  # the model's own noise scale, held at 0
+        dvae.forward = lambda points, temperature=1.0, noise=1.0: forward(points, temperature, 0.0)
+    elif mode == "hard":  # training-time samples only; eval still decodes the arg-max tokens
+        def hard_sample(points, temperature=1.0, noise=1.0):
             if not dvae.training:
                 return forward(points)
             neighborhood, centers = dvae.group(points)
             logits = dvae.encode(neighborhood, centers)
-            codes = (F.gumbel_softmax(logits, tau=temperature, hard=True, dim=-1) if mode == "hard"
-                     else (logits / temperature).softmax(-1))
-            coarse, fine = dvae.decode(codes, centers)
+            coarse, fine = dvae.decode(F.gumbel_softmax(logits, tau=temperature, hard=True, dim=-1), centers)
             return DVAEOutput(neighborhood, centers, logits, coarse, fine)
-        dvae.forward = patched  # training-time sampling of these two modes only
+        dvae.forward = hard_sample
     t0 = time.time()
     fit_dvae(dvae, dm.train_dataloader(), steps, **kw)
     return {"mode": mode, "steps": steps, **{k: round(v, 4) for k, v in evaluate(dvae, dm.val_dataloader()).items()},

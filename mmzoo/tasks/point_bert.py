@@ -110,7 +110,7 @@ def fit_dvae(dvae: PointDVAE, loader, steps: int, lr: float = 1e-3, temperature:
         return dvae_losses(dvae, batch[0].to(device), cosine_anneal(*temperature, progress),
                            cosine_anneal(*kl_weight, progress), gumbel_noise_scale(noise_ramp, progress))
 
-    out = fit_plain(dvae.parameters(), loader, steps, lr, step, "dVAE tokenizer")
+    out = fit_plain(dvae, loader, steps, lr, step, "dVAE tokenizer")
     dvae.eval()
     return out
 
@@ -127,7 +127,7 @@ def fit_mpm(model: PointBERT, dvae: PointDVAE, loader, steps: int, lr: float = 1
     def step(batch, progress):
         return mpm_losses(model, lm_head, dvae, batch[0].to(device), mask_ratio)
 
-    return fit_plain([*model.parameters(), *lm_head.parameters()], loader, steps, lr, step,
+    return fit_plain(nn.ModuleList([model, lm_head]), loader, steps, lr, step,
                      "Point-BERT masked point modeling")
 
 
@@ -274,8 +274,9 @@ class PointBERTPretrainTask(BaseTask):
 
     def __init__(self, model: PointBERT, dvae_checkpoint: Optional[str] = None,
                  tokenizer_model: str = "point_bert_dvae_tiny", tokenizer_steps: int = 300, tokenizer_lr: float = 2e-3,
-                 tokenizer_noise_ramp: float = 0.0, mask_ratio: Sequence[float] = (0.25, 0.45), moco_weight: float = 0.0, moco_momentum: float = 0.999,
-                 moco_queue: int = 1024, moco_temperature: float = 0.07, **kwargs: Any) -> None:
+                 tokenizer_noise_ramp: float = 0.0, mask_ratio: Sequence[float] = (0.25, 0.45),
+                 moco_weight: float = 0.0, moco_momentum: float = 0.999, moco_queue: int = 1024,
+                 moco_temperature: float = 0.07, **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         if not isinstance(model, PointBERT):
             raise ValueError(f"task=point_bert_pretrain pre-trains Point-BERT, got {type(model).__name__}")

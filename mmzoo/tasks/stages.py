@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..convert import MMZOO_KEY, model_metadata
-from .base import warmup_cosine
+from .base import build_adamw, warmup_cosine
 from .checkpoint_io import atomic_torch_save
 
 log = logging.getLogger("mmzoo")
@@ -24,23 +24,22 @@ def cycle(loader: Iterable) -> Iterator:
     change from epoch to epoch."""
     epoch = 0
     while True:
-        for obj in {id(o): o for o in (getattr(loader, "sampler", None), getattr(loader, "dataset", None))
-                    if hasattr(o, "set_epoch")}.values():
-            obj.set_epoch(epoch)
+        for obj in (getattr(loader, "sampler", None), getattr(loader, "dataset", None)):
+            if hasattr(obj, "set_epoch"):  # idempotent: a sampler may forward it to the data set too
+                obj.set_epoch(epoch)
         yield from loader
         epoch += 1
 
 
-def fit_plain(params: Iterable[nn.Parameter], loader: Iterable, steps: int, lr: float,
+def fit_plain(module: nn.Module, loader: Iterable, steps: int, lr: float,
               step_fn: Callable[[Any, float], dict[str, torch.Tensor]], name: str, weight_decay: float = 0.05,
               log_every: int = 50) -> dict[str, float]:
     """AdamW with warmup + cosine for ``steps`` steps of ``step_fn(batch, progress) -> {"loss": ..., ...}``
-    (progress runs 0 -> 1); gradients clipped to norm 1. Biases and norm weights (1-D parameters) are not
-    weight-decayed, as in the Lightning tasks. Returns the last step's scalars."""
-    params = [p for p in params if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim > 1], "weight_decay": weight_decay},
-              {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
-    opt = torch.optim.AdamW([g for g in groups if g["params"]], lr=lr)
+    (progress runs 0 -> 1) over ``module``'s trainable parameters; gradients clipped to norm 1. The
+    optimizer is the Lightning tasks' (:func:`~mmzoo.tasks.base.build_adamw`: no decay for biases, norms,
+    embeddings and a model's ``no_weight_decay()``). Returns the last step's scalars."""
+    opt = build_adamw(module, lr, weight_decay)
+    params = [p for g in opt.param_groups for p in g["params"]]
     warmup = max(1, steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, warmup, steps, 0.01))
     last: dict[str, float] = {}

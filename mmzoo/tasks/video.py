@@ -64,7 +64,7 @@ def pretrain_image_vit(model: TimeSformer, steps: int, lr: float, batch_size: in
         logits = vit(x)
         return {"loss": F.cross_entropy(logits, y), "acc": (logits.argmax(-1) == y).float().mean()}
 
-    fit_plain(vit.parameters(), dm.train_dataloader(), steps, lr, step, "image ViT on shapes", log_every=250)
+    fit_plain(vit, dm.train_dataloader(), steps, lr, step, "image ViT on shapes", log_every=250)
     return vit.eval()
 
 

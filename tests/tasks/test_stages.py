@@ -49,6 +49,6 @@ def test_fit_plain_decays_matrices_only():
     w0, b0 = lin.weight.detach().clone(), lin.bias.detach().clone()
     # a zero loss: only weight decay moves parameters
     step = lambda batch, progress: {"loss": 0 * (lin.weight.sum() + lin.bias.sum())}  # noqa: E731
-    fit_plain(lin.parameters(), [torch.zeros(1)], 5, 1e-2, step, "decay", weight_decay=0.5)
+    fit_plain(lin, [torch.zeros(1)], 5, 1e-2, step, "decay", weight_decay=0.5)
     assert not torch.equal(lin.weight, w0) and lin.weight.abs().sum() < w0.abs().sum()
     assert torch.equal(lin.bias, b0)
