@@ -31,6 +31,7 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--pretrain-steps", type=int, default=3000, help="of the base, when --out holds none")
+    ap.add_argument("--pretrain-lr", type=float, default=2e-3, help="of the base, when --out holds none")
     ap.add_argument("--full-lrs", type=float, nargs="*", default=[1e-3, 3e-4])
     ap.add_argument("--lora-lrs", type=float, nargs="+", default=[3e-3, 1e-2, 3e-2])
     ap.add_argument("--lora-target", nargs="+", default=None,
@@ -40,7 +41,8 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     args = types.SimpleNamespace(image_size=16, batch_size=64, model="vit_micro_patch4_32",
-                                 pretrain_steps=a.pretrain_steps, target_per_class=a.target_per_class,
+                                 pretrain_steps=a.pretrain_steps, pretrain_lr=a.pretrain_lr,
+                                 target_per_class=a.target_per_class,
                                  base="digits_split", embed_dim=a.embed_dim)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)

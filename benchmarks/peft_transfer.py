@@ -22,6 +22,7 @@ import copy
 import dataclasses
 import json
 import os
+import re
 import time
 from pathlib import Path
 
@@ -187,7 +188,7 @@ def digits_split_setting(args, out: Path, results: dict):
     if not base_ckpt.exists():
         torch.manual_seed(0)
         model = create_model(args.model, num_classes=5, img_size=S, in_chans=1, **base_overrides(args))
-        t = train(model, loader(digits.train_set, first, True), args.pretrain_steps, lr=2e-3)
+        t = train(model, loader(digits.train_set, first, True), args.pretrain_steps, lr=args.pretrain_lr)
         acc = accuracy(model, loader(digits.test_set, first, False))
         print(f"pretrained {args.model} on digits 0-4: test acc {acc:.2f}% ({args.pretrain_steps} steps, "
               f"{t:.3f} s/step)", flush=True)
@@ -226,6 +227,7 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=16, help="side of shapes and digits images")
     ap.add_argument("--shapes-train", type=int, default=16000)
     ap.add_argument("--pretrain-steps", type=int, default=3000)
+    ap.add_argument("--pretrain-lr", type=float, default=2e-3, help="peak learning rate of the base's pretraining")
     ap.add_argument("--steps", type=int, default=1000, help="fine-tuning steps of every method")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
@@ -236,6 +238,9 @@ def main() -> None:
                          "0-4, adapted to the digits 5-9")
     ap.add_argument("--target-per-class", type=int, default=10,
                     help="--base digits_split: labelled training images per class of 5-9 (0: all)")
+    ap.add_argument("--lora-target", nargs="+", default=None,
+                    help="module name patterns of the LoRA rows (default: the attention projections), e.g. "
+                         "'blocks.*' for every block linear; an extra attention-only r=8 row is added")
     ap.add_argument("--clip-checkpoint", default=None, help="--base clip: a model=clip run's checkpoint")
     ap.add_argument("--target-train", type=int, default=4000, help="--base clip: shapes training images")
     args = ap.parse_args()
@@ -251,10 +256,12 @@ def main() -> None:
         base_ckpt, S, num_classes, in_chans, train_loader, test_loader = digits_split_setting(args, out, results)
     else:
         base_ckpt, S, num_classes, in_chans, train_loader, test_loader = shapes_setting(args, out, results)
-    lora = lambda r: {"method": "lora", "r": r, "alpha": 2.0 * r}  # noqa: E731  (alpha / r = 2 for every rank)
+    def lora(r: int, target=args.lora_target) -> dict:  # alpha / r = 2 for every rank
+        return {"method": "lora", "r": r, "alpha": 2.0 * r, "target": target}  # target None: attention
     methods = [  # most informative first: partial results are printed row by row
         ("full fine-tuning", {"method": "none"}, 1e-3),
         ("LoRA r=8", lora(8), 3e-3),
+        *([("LoRA r=8 (attention only)", lora(8, None), 3e-3)] if args.lora_target else []),
         ("linear probe", {"method": "linear_probe"}, 1e-2),
         ("BitFit", {"method": "bitfit"}, 1e-2),
         ("adapter (bottleneck 16)", {"method": "adapter", "bottleneck": 16}, 3e-3),
@@ -267,6 +274,8 @@ def main() -> None:
     full_model = None
     for label, peft, lr in methods:
         torch.manual_seed(0)
+        if getattr(train_loader, "generator", None) is not None:
+            train_loader.generator.manual_seed(0)  # every method sees the same batches in the same order
         if peft is None:
             model = scratch_model(args, base_ckpt, num_classes, S, in_chans)
             peft = {"method": "none"}
@@ -279,7 +288,7 @@ def main() -> None:
         sec = train(model, train_loader, args.steps, lr, weight_decay=0.05 if peft["method"] == "none" else 0.0)
         acc = accuracy(model, test_loader)
         base_same = all(torch.equal(frozen_before[n], p) for n, p in model.named_parameters() if n in frozen_before)
-        ckpt = out / f"{label.split(' (')[0].replace(' ', '_').replace('=', '')}.pt"
+        ckpt = out / f"{re.sub(r'[^0-9A-Za-z]+', '_', label).strip('_')}.pt"
         if peft["method"] == "none":
             torch.save(model.state_dict(), ckpt)
         else:
@@ -319,6 +328,8 @@ def main() -> None:
         torch.manual_seed(0)
         student = create_model(args.student, num_classes=num_classes, img_size=S, in_chans=in_chans, depth=1,
                                embed_dim=args.student_width)
+        if getattr(train_loader, "generator", None) is not None:
+            train_loader.generator.manual_seed(0)
         sec = train(student, train_loader, args.steps, 2e-3, teacher=teacher if alpha else None, alpha=alpha)
         results["distill"][label] = {"acc": accuracy(student, test_loader), "sec_per_step": sec,
                                      "params": count_parameters(student)[1]}

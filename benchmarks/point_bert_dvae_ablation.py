@@ -32,9 +32,10 @@ from mmzoo.layers.points import chamfer_distance  # noqa: E402
 MODES = ["full", "full_no_norm2", "full_no_norm", "no_dgcnn2", "dgcnn2_only", "fold", "mlp"]
 
 
-def run(mode: str, steps: int, preset: str) -> tuple[float, float, float]:
+def run(mode: str, steps: int, preset: str, group_size: int | None = None) -> tuple[float, float, float]:
     torch.manual_seed(0)
-    dvae = mmzoo.create_model(preset, decoder_dgcnn_norm=mode != "full_no_norm2" and mode != "full_no_norm")
+    dvae = mmzoo.create_model(preset, decoder_dgcnn_norm=mode != "full_no_norm2" and mode != "full_no_norm",
+                              **({"group_size": group_size} if group_size else {}))
     if mode == "full_no_norm":  # the encoder-side DGCNN too (no config switch: an ablation only)
         for m in list(dvae.dgcnn_1.modules()):
             for name, child in list(m.named_children()):
@@ -77,10 +78,11 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--preset", default="point_bert_dvae_tiny")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--group-size", type=int, default=None, help="points per patch (default: the preset's)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     for mode in args.modes:
-        loss, spread, trivial = run(mode, args.steps, args.preset)
+        loss, spread, trivial = run(mode, args.steps, args.preset, args.group_size)
         print(f"{mode:12s} fine Chamfer-L1 {loss:.4f} (all points at the centre: {trivial:.4f}); "
               f"mean |point| {spread:.4f} after {args.steps} steps", flush=True)
 

@@ -14,7 +14,7 @@ perplexity and the spread of the logits:
   ramp05        Gumbel noise ramped 0 -> 1 over the first half of the anneal (the task's default)
   ramp10        ... over the whole anneal
 
-    python benchmarks/point_bert_dvae_schedules.py --steps 625 --modes point_bert ramp05
+    python benchmarks/point_bert_dvae_schedules.py --steps 625 --modes point_bert ramp05 [--group-size 16]
 """
 from __future__ import annotations
 
@@ -56,9 +56,9 @@ def evaluate(dvae, loader) -> dict[str, float]:
             "perplexity": math.exp(-(p[p > 0] * p[p > 0].log()).sum().item()), "logit_std": sum(stds) / len(stds)}
 
 
-def run(mode: str, steps: int, dm) -> dict:
+def run(mode: str, steps: int, dm, group_size: int | None = None) -> dict:
     torch.manual_seed(0)
-    dvae = mmzoo.create_model("point_bert_dvae_tiny")
+    dvae = mmzoo.create_model("point_bert_dvae_tiny", **({"group_size": group_size} if group_size else {}))
     proj = dvae.dgcnn_1.proj  # conv -> GroupNorm -> LeakyReLU: the token logits
     kw: dict = {"noise_ramp": {"ramp05": 0.5, "ramp10": 1.0}.get(mode, 0.0)}
     if mode == "lr3":
@@ -94,12 +94,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=625)
     ap.add_argument("--modes", nargs="+", default=MODES, choices=MODES)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--group-size", type=int, default=None, help="points per patch (default: the preset's 32)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     dm = ProceduralShapesDataModule(batch_size=32, seed=42, num_points=512)
     dm.setup("fit")
     for mode in args.modes:
-        print(json.dumps(run(mode, args.steps, dm)), flush=True)
+        print(json.dumps(run(mode, args.steps, dm, args.group_size)), flush=True)
 
 
 if __name__ == "__main__":
