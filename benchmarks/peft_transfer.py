@@ -194,6 +194,11 @@ def digits_split_setting(args, out: Path, results: dict):
               f"{t:.3f} s/step)", flush=True)
         results["pretrain_digits04_acc"] = acc
         save_model_checkpoint(model, base_ckpt)
+    elif getattr(args, "embed_dim", None):
+        width = create_model(pretrained=str(base_ckpt)).cfg.embed_dim
+        if width != args.embed_dim:
+            raise SystemExit(f"{base_ckpt} holds a {width}-wide base but --embed-dim {args.embed_dim} was asked for; "
+                             "use another --out or delete the file")
     if not args.target_per_class:
         return base_ckpt, S, 5, 1, loader(digits.train_set, second, True), loader(digits.test_set, second, False)
     # few labels: N training images per class of 5-9; the test set is 60% of their images (none of them trained on)
