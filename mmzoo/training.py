@@ -142,7 +142,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
     if trainer.interrupted:
         raise KeyboardInterrupt("training was interrupted; the last checkpoint written is kept")
-    trainer.save_checkpoint(out_dir / "checkpoints" / "last.ckpt")
+    trainer.save_checkpoint(out_dir / "checkpoints" / "last.ckpt", weights_only=False)  # full state: exact resume
     if (cfg.get("peft") or {}).get("method", "none") != "none" and trainer.is_global_zero:
         # the small checkpoint of the final weights: trainable parameters + a reference to the base
         path = save_adaptation(task.model, out_dir / "checkpoints" / "adapter.pt", task.model.peft_base)
