@@ -20,20 +20,27 @@ from mmzoo.layers import chamfer_distance
 
 
 @torch.no_grad()
-def evaluate(model, points: torch.Tensor, batch: int = 50) -> dict[str, float]:
+def evaluate(model, points, batch: int = 50) -> dict[str, float]:
     """Chamfer-L1 of the arg-max reconstructions: per patch (the training loss, relative coordinates) and of
-    the whole rebuilt cloud against the input (Point-BERT's dVAE validation metric); codebook usage."""
+    the whole rebuilt cloud against the input (Point-BERT's dVAE validation metric); codebook usage, token
+    perplexity and the logits' spread. ``points``: a (N, P, 3) tensor or a loader of ``(points, ...)``."""
     model.eval()
-    patch = cloud = 0.0
+    batches = (points[i:i + batch] for i in range(0, len(points), batch)) if torch.is_tensor(points) else \
+        (b[0] for b in points)
+    patch = cloud = std = 0.0
+    n = 0
     counts = torch.zeros(model.cfg.num_tokens)
-    for i in range(0, len(points), batch):
-        x = points[i:i + batch]
+    for x in batches:
         out = model(x)
         patch += chamfer_distance(out.fine.flatten(0, 1), out.neighborhood.flatten(0, 1), "l1").item() * len(x)
         whole = (out.fine + out.centers.unsqueeze(2)).flatten(1, 2)
         cloud += chamfer_distance(whole, x, "l1").item() * len(x)
+        std += out.logits.std(-1).mean().item() * len(x)
+        n += len(x)
         counts += torch.bincount(out.logits.argmax(-1).flatten(), minlength=model.cfg.num_tokens)
-    return {"patch": patch / len(points), "cloud": cloud / len(points), "usage": float((counts > 0).float().mean())}
+    p = counts[counts > 0] / counts.sum()
+    return {"patch": patch / n, "cloud": cloud / n, "usage": float((counts > 0).float().mean()),
+            "perplexity": float(torch.exp(-(p * p.log()).sum())), "logit_std": std / n}
 
 
 def main() -> None:

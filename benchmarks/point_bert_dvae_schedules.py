@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -30,30 +29,15 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mmzoo  # noqa: E402
 from mmzoo.data import ProceduralShapesDataModule  # noqa: E402
-from mmzoo.layers.points import chamfer_distance  # noqa: E402
 from mmzoo.models.point_bert import DVAEOutput  # noqa: E402
 from mmzoo.tasks.point_bert import fit_dvae  # noqa: E402
+from point_bert_dvae import evaluate  # noqa: E402
 
 MODES = ["point_bert", "lr3", "kl001", "kl0", "linear_logits", "gamma5", "hard", "no_noise", "ramp05", "ramp10"]
-
-
-@torch.no_grad()
-def evaluate(dvae, loader) -> dict[str, float]:
-    dvae.eval()
-    total, n, counts, stds = 0.0, 0, torch.zeros(dvae.cfg.num_tokens), []
-    for points, *_ in loader:
-        out = dvae(points)
-        gt = out.neighborhood.flatten(0, 1)
-        total += chamfer_distance(out.fine.flatten(0, 1), gt, "l1").item() * len(points)
-        n += len(points)
-        counts += torch.bincount(out.logits.argmax(-1).flatten(), minlength=dvae.cfg.num_tokens)
-        stds.append(out.logits.std(-1).mean().item())
-    p = counts / counts.sum()
-    return {"argmax_chamfer_l1": total / n, "usage": (counts > 0).float().mean().item(),
-            "perplexity": math.exp(-(p[p > 0] * p[p > 0].log()).sum().item()), "logit_std": sum(stds) / len(stds)}
 
 
 def run(mode: str, steps: int, dm, group_size: int | None = None) -> dict:

@@ -131,7 +131,6 @@ def test_decoder_dgcnn_norm_switch_and_old_checkpoints(tmp_path):
         assert torch.equal(loaded.state_dict()[k], v)
 
 
-
 def test_dvae_kl_is_uniform_against_each_clouds_mean_token_distribution():
     from mmzoo.tasks.point_bert import dvae_losses, token_usage_kl
 
