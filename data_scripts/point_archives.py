@@ -5,12 +5,14 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
-import tarfile
+import sys
 import tempfile
 import urllib.request
-import zipfile
 from pathlib import Path
 from typing import Iterable, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import safe_archive  # noqa: E402
 
 
 def md5sum(path: Path, chunk: int = 1 << 20) -> str:
@@ -48,21 +50,12 @@ def download(url: str, dest: Path) -> None:
 
 
 def extract_archive(archive: Path, dest: Path) -> None:
-    """Extract a .zip or .tar[.gz|.bz2|.xz] into ``dest``, refusing members that would land outside it."""
-    dest = dest.resolve()
-    if zipfile.is_zipfile(archive):
-        with zipfile.ZipFile(archive) as z:
-            for name in z.namelist():
-                if not (dest / name).resolve().is_relative_to(dest):
-                    raise SystemExit(f"error: {archive} member {name!r} points outside the target folder")
-            z.extractall(dest)
-    elif tarfile.is_tarfile(archive):
-        with tarfile.open(archive) as tar:
-            # the "data" filter (Python 3.12, backported to 3.10.12/3.11.4) refuses absolute paths, "..", devices
-            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tar.extractall(dest, **safe)
-    else:
-        raise SystemExit(f"error: {archive} is neither a zip nor a tar archive")
+    """Extract a .zip or .tar[.gz|.bz2|.xz] into ``dest``, refusing members that would land outside it
+    (``..`` or absolute names, links out of it, devices: see ``safe_archive.py``)."""
+    try:
+        safe_archive.extract_archive(archive, dest)
+    except safe_archive.UnsafeArchiveError as e:
+        raise SystemExit(f"error: {e}") from e
 
 
 def find_dir(top: Path, name: str) -> Optional[Path]:

@@ -20,6 +20,9 @@ import urllib.request
 from pathlib import Path
 from typing import Optional, Sequence
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import safe_archive  # noqa: E402
+
 URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 MD5 = "c58f30108f718f92721af3b95e74349a"
 FOLDER = "cifar-10-batches-py"
@@ -59,10 +62,11 @@ def extract(tarball: Path, root: Path) -> Path:
     target = root / FOLDER
     tmp = Path(tempfile.mkdtemp(prefix=".cifar10-extract-", dir=root))
     try:
-        with tarfile.open(tarball, "r:gz") as tar:
-            # the "data" filter (Python 3.12, backported to 3.10.12/3.11.4) refuses absolute paths, "..", devices
-            safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-            tar.extractall(tmp, **safe)
+        try:
+            with tarfile.open(tarball, "r:gz") as tar:
+                safe_archive.extract_tar(tar, tmp)  # refuses "..", absolute names, links out, devices
+        except safe_archive.UnsafeArchiveError as e:
+            raise SystemExit(f"error: {e}") from e
         missing = [f for f in FILES if not (tmp / FOLDER / f).is_file()]
         if missing:
             raise SystemExit(f"error: {tarball} does not contain {FOLDER}/{missing}; is it the CIFAR-10 "
