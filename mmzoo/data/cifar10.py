@@ -1,17 +1,20 @@
 """CIFAR-10 from the official python-version files (``data_scripts/prepare_cifar10.py`` fetches them).
 
 Our own reader rather than ``torchvision.datasets.CIFAR10``: that class insists on the official md5 sums,
-which rules out small stand-in files for tests, and adds nothing else we need.
+which rules out small stand-in files for tests, and unpickles the files with plain ``pickle``. The batch
+files are pickles; they are read with :mod:`mmzoo.safe_pickle`, which resolves only the globals of numpy
+arrays, so a payload placed in a batch file is refused instead of run.
 """
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 from typing import Optional, Union
 
+import numpy as np
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
+from ..safe_pickle import restricted_load
 from .base import ImageClassificationDataModule, SeededTransformDataset
 from .transforms import ImageTensorDataset, TransformDataset, build_eval_transform, build_train_transform, \
     stratified_split
@@ -25,14 +28,29 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
-def _get(d: dict, key: str):
+# the globals a CIFAR-10 batch pickle holds: numpy arrays (written by numpy 1 or 2, pickle protocol 2 to 5)
+# and, from Python 3 writers of protocol 2, bytes rebuilt by _codecs.encode. Nothing that can run code.
+_ARRAY_GLOBALS = {(m, n) for p in ("numpy.core", "numpy._core")
+                  for m, n in ((f"{p}.multiarray", "_reconstruct"), (f"{p}.multiarray", "scalar"),
+                               (f"{p}.numeric", "_frombuffer"))}
+CIFAR_PICKLE_GLOBALS = frozenset(_ARRAY_GLOBALS | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")})
+
+
+def _get(d: dict, key: str, path: Path):
     # the official files were pickled by Python 2: keys are bytes once loaded with encoding="bytes"
-    return d[key.encode()] if key.encode() in d else d[key]
+    for k in (key.encode(), key):
+        if k in d:
+            return d[k]
+    raise ValueError(f"{path} has no {key!r} entry (keys: {sorted(map(str, d))[:8]}); is it a CIFAR-10 python "
+                     f"batch file?")
 
 
 def _unpickle(path: Path) -> dict:
-    with open(path, "rb") as f:
-        return pickle.load(f, encoding="bytes")
+    """A batch file's dict, unpickled with only the globals of numpy arrays allowed (see module docstring)."""
+    d = restricted_load(path, CIFAR_PICKLE_GLOBALS, "CIFAR-10 python batch file", encoding="bytes")
+    if not isinstance(d, dict):
+        raise ValueError(f"{path} holds a {type(d).__name__}, not the dict of a CIFAR-10 python batch file")
+    return d
 
 
 def resolve_root(root: Union[str, Path]) -> Path:
@@ -53,11 +71,21 @@ def read_batches(folder: Path, names) -> tuple[torch.Tensor, torch.Tensor]:
     """Concatenated uint8 images (N, 3, 32, 32) and int64 labels (N,) of the named batch files."""
     images, labels = [], []
     for name in names:
-        d = _unpickle(folder / name)
-        data = torch.as_tensor(_get(d, "data"), dtype=torch.uint8)
+        path = folder / name
+        d = _unpickle(path)
+        data, lab = _get(d, "data", path), _get(d, "labels", path)
+        if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+            raise ValueError(f"{path}: 'data' must be a uint8 array of shape (N, 3072), got "
+                             f"{getattr(data, 'dtype', type(data).__name__)} {getattr(data, 'shape', '')}")
+        try:
+            lab = torch.as_tensor(np.asarray(lab, dtype=np.int64))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: 'labels' must be a list of integers ({e})") from None
+        if lab.shape != (data.shape[0],):
+            raise ValueError(f"{path}: {data.shape[0]} images but 'labels' has shape {tuple(lab.shape)}")
         # each row holds the 1024 red, then green, then blue values of a 32x32 image, row-major
-        images.append(data.reshape(-1, 3, 32, 32))
-        labels.append(torch.as_tensor(_get(d, "labels"), dtype=torch.long))
+        images.append(torch.from_numpy(data).reshape(-1, 3, 32, 32))
+        labels.append(lab)
     return torch.cat(images), torch.cat(labels)
 
 
@@ -84,7 +112,10 @@ class CIFAR10DataModule(ImageClassificationDataModule):
             raise ValueError(f"data.val_size must be >= 0, got {val_size}")
         self.folder = resolve_root(root)
         meta = _unpickle(self.folder / META_FILE)
-        self.class_names = [n.decode() if isinstance(n, bytes) else str(n) for n in _get(meta, "label_names")]
+        names = _get(meta, "label_names", self.folder / META_FILE)
+        if not isinstance(names, (list, tuple)) or not names or not all(isinstance(n, (bytes, str)) for n in names):
+            raise ValueError(f"{self.folder / META_FILE}: 'label_names' must be a non-empty list of class names")
+        self.class_names = [n.decode("utf-8", "replace") if isinstance(n, bytes) else n for n in names]
         self.image_size = image_size
         self.in_chans = 3
         self.val_size = val_size
