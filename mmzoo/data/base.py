@@ -6,8 +6,10 @@ from typing import Any, Callable, Optional, Sequence
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch.utils.data import DataLoader, Dataset
 
+from .bad_samples import DEFAULT_MAX_BAD_FRACTION, BadSampleError, BadSamples, summarize
 from .sampler import ResumableSampler
 
 
@@ -82,6 +84,37 @@ class BaseDataModule(L.LightningDataModule):
         self.test_set: Optional[Dataset] = None
         self._resume_state: Optional[dict[str, int]] = None
         self._train_sampler: Optional[ResumableSampler] = None
+        #: per split, the bad samples found at set-up and at load (mmzoo/data/bad_samples.py)
+        self.bad_samples: dict[str, BadSamples] = {}
+
+    # -- bad samples (readers of files) -------------------------------------------------------------
+    def bad_samples_of(self, split: str, where: str, what: str = "file",
+                       error: type[Exception] = BadSampleError) -> BadSamples:
+        """The :class:`BadSamples` of ``split`` (created on first use with the module's ``strict`` and
+        ``max_bad_fraction``)."""
+        if split not in self.bad_samples:
+            self.bad_samples[split] = BadSamples(where, bool(getattr(self, "strict", False)),
+                                                 getattr(self, "max_bad_fraction", DEFAULT_MAX_BAD_FRACTION),
+                                                 error, what)
+        return self.bad_samples[split]
+
+    @property
+    def num_skipped(self) -> int:
+        """Bad samples skipped so far: at set-up, and at load in this process and its loader workers."""
+        return sum(b.count for b in self.bad_samples.values())
+
+    @property
+    def skipped_files(self) -> list[str]:
+        """Names (files, shard members, table lines) of the skipped samples."""
+        return [n for b in self.bad_samples.values() for n in b.names()]
+
+    def teardown(self, stage: str) -> None:
+        # set-up skips were reported when found; samples that failed only at load are reported here
+        total = sum(b.num_load_failures for b in self.bad_samples.values())
+        message = summarize(self.bad_samples)
+        if message and total > getattr(self, "_reported_load_failures", 0):
+            self._reported_load_failures = total
+            rank_zero_warn(f"{type(self).__name__} (after {stage}): {message}")
 
     # -- distributed context ------------------------------------------------------------------------
     def _rank_world(self) -> tuple[int, int]:

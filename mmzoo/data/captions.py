@@ -35,12 +35,14 @@ after that is common:
   function, one call per batch. Training images get a random resized crop (``crop_scale`` (0.9, 1.0),
   open_clip's, and no flip: captions say "left" and "right"); evaluation resizes the shorter side and
   center crops. Normalisation defaults to CLIP's mean/std.
-* **unreadable images**, as in :mod:`mmzoo.data.image_folder`: at ``setup`` every distinct image's
-  header is parsed (``check_files``); missing, empty or non-image files are skipped and counted
-  (``skipped_files``) with ONE warning naming the first few; ``strict=True`` raises
-  :class:`~mmzoo.data.image_folder.UnreadableImageError` naming the file. A file whose pixels fail to
-  decode at load time (truncated data) is replaced by the next readable pair of the split (image and its
-  caption together) and reported once per process, or raises under ``strict``.
+* **bad samples** follow :mod:`mmzoo.data.bad_samples`: at ``setup`` every distinct image's header is
+  parsed (``check_files``); missing, empty or non-image files, table rows that are not UTF-8, ragged,
+  badly quoted or have an empty image / caption / label (:mod:`mmzoo.data.tables`), shard samples
+  without a caption or cut short by a truncated shard, are skipped and counted (``skipped_files``) with
+  one warning per split naming the first few; ``strict=True`` raises naming the file (and line / shard
+  member). A file whose pixels fail to decode at load time (truncated data) is replaced by the next
+  readable pair of the split (image and its caption together) and counted, or raises under ``strict``.
+  More than ``max_bad_fraction`` of a split bad stops the run.
 
 WebDataset shards are read **map-style**: ``setup`` walks every shard's tar headers once and keeps, per
 sample, the byte offset and size of its image and its caption text; ``__getitem__`` is one seek + read.
@@ -66,8 +68,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from .bad_samples import DEFAULT_MAX_BAD_FRACTION, BadSampleError, BadSamples, check_fraction
 from .base import BaseDataModule, SeededTransformDataset
 from .image_folder import ImageFileDataset, UnreadableImageError, _header_error
+from .tables import read_table, separator_of
 from .tokenizer import DEFAULT_CONTEXT_LENGTH, Tokenizer, TextDataMixin
 from .transforms import TransformDataset, build_eval_transform, build_train_transform, stratified_split
 
@@ -219,11 +223,13 @@ class CaptionsDataModule(TextDataMixin, BaseDataModule):
             (0: the test split is the validation split).
         eval_pairs: "first" (one pair per image: its first caption) or "all" (every caption) in the
             val/test loaders.
-        strict: raise on an unreadable image instead of skipping it.
+        strict: raise on the first bad sample (unreadable image, bad table row, incomplete shard
+            sample) instead of skipping and counting it.
         check_files: parse every image's header at setup (off: for very large sets; bad files then only
             show up at load time).
         zeroshot_templates: prompts for zero-shot evaluation of labelled data ("a photo of a {}");
             None: the task's defaults.
+        max_bad_fraction: fail when more than this share of a split's samples is bad.
     """
 
     in_chans = 3
@@ -234,7 +240,8 @@ class CaptionsDataModule(TextDataMixin, BaseDataModule):
                  std: Sequence[float] = CLIP_STD, augment: bool = True,
                  crop_scale: tuple[float, float] = (0.9, 1.0), val_fraction: float = 0.05,
                  test_fraction: float = 0.0, eval_pairs: str = "first", strict: bool = False,
-                 check_files: bool = True, zeroshot_templates: Optional[Sequence[str]] = None) -> None:
+                 check_files: bool = True, zeroshot_templates: Optional[Sequence[str]] = None,
+                 max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION) -> None:
         super().__init__(batch_size, num_workers, seed, pin_memory, eval_batch_size)
         if image_size < 1:
             raise ValueError(f"data.image_size must be >= 1, got {image_size}")
@@ -256,10 +263,13 @@ class CaptionsDataModule(TextDataMixin, BaseDataModule):
         self.eval_pairs = eval_pairs
         self.strict = strict
         self.check_files = check_files
-        self.zeroshot_templates = list(zeroshot_templates) if zeroshot_templates else None
+        self.max_bad_fraction = check_fraction(max_bad_fraction)
+        self.zeroshot_templates = None
+        if zeroshot_templates:
+            from .templates import check_templates
+            self.zeroshot_templates = check_templates(list(zeroshot_templates), "data.zeroshot_templates")
         #: every caption of each split after setup (val/test loaders may keep fewer, see eval_pairs)
         self.records: dict[str, list[CaptionRecord]] = {}
-        self._skipped: list[tuple[str, str]] = []  # (file, reason) dropped at setup
         self._extra_sets: dict[tuple[str, str], Dataset] = {}  # zero-shot / retrieval datasets
 
     def _check_val_fraction(self, has_val_source: bool) -> None:
@@ -278,25 +288,17 @@ class CaptionsDataModule(TextDataMixin, BaseDataModule):
     def num_classes(self) -> int:
         return len(self.class_names)
 
-    @property
-    def skipped_files(self) -> list[str]:
-        """Images (or incomplete shard samples) dropped at setup."""
-        return [name for name, _ in self._skipped]
-
-    @property
-    def num_skipped(self) -> int:
-        return len(self._skipped)
-
     # -- reading ------------------------------------------------------------------------------------
     def _read(self, split: str) -> Optional[list[CaptionRecord]]:
         """The records of ``split`` (None: the split has no source of its own); each format overrides it."""
         raise TypeError(f"{type(self).__name__} reads no format: use CsvCaptionsDataModule, "
                         "WebDatasetCaptionsDataModule or CocoCaptionsDataModule")
 
-    def _skip(self, name: str, reason: str) -> None:
-        self._skipped.append((name, reason))
+    def _bad(self, split: str) -> BadSamples:
+        """The bad samples of ``split``'s own source (held-out splits count with train)."""
+        return self.bad_samples_of(split, self._describe(split), "sample", UnreadableImageError)
 
-    def _check_images(self, records: list[CaptionRecord]) -> list[CaptionRecord]:
+    def _check_images(self, records: list[CaptionRecord], bad: BadSamples) -> list[CaptionRecord]:
         if not self.check_files:
             return records
         verdict: dict[ImageRef, Optional[str]] = {}
@@ -305,13 +307,21 @@ class CaptionsDataModule(TextDataMixin, BaseDataModule):
             if r.image not in verdict:
                 err = verdict[r.image] = _image_error(r.image)
                 if err is not None:
-                    if self.strict:
-                        raise UnreadableImageError(f"cannot read image {r.image} ({err}); remove it or set "
-                                                   f"data.strict=false to skip unreadable files")
-                    self._skip(str(r.image), err)
+                    bad.reject(str(r.image), f"cannot read the image ({err})")
             if verdict[r.image] is None:
                 kept.append(r)
         return kept
+
+    def _read_checked(self, split: str) -> Optional[list[CaptionRecord]]:
+        """``_read(split)`` with unreadable images dropped; the split's scan is then over (warning, cap)."""
+        records = self._read(split)
+        if records is None:
+            return None
+        bad = self._bad(split)
+        listed = len(records) + len(bad.scan)  # rows / shard samples rejected while reading count too
+        records = self._check_images(records, bad)
+        bad.scanned(listed)
+        return records
 
     def _carve(self, train: list[CaptionRecord], fractions: Sequence[float]) -> list[list[CaptionRecord]]:
         """Split ``train`` by image into ``1 + len(fractions)`` parts: the rest, then each fraction."""
@@ -335,13 +345,11 @@ class CaptionsDataModule(TextDataMixin, BaseDataModule):
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:
             return
-        self._skipped = []
-        train = self._check_images(self._read("train") or [])
+        train = self._read_checked("train") or []
         if not train:
             raise ValueError(f"{self._describe('train')} has no readable image-caption pairs")
-        val, test = (self._read(s) for s in ("val", "test"))
-        val = self._check_images(val) if val is not None else None
-        test = self._check_images(test) if test is not None else None
+        val, test = (self._read_checked(s) for s in ("val", "test"))
+        own = {"val": val is not None, "test": test is not None}
         carve = [f for f, own in ((self.val_fraction, val), (self.test_fraction, test)) if own is None and f > 0]
         if carve:
             train, *held = self._carve(train, carve)
@@ -349,18 +357,14 @@ class CaptionsDataModule(TextDataMixin, BaseDataModule):
                 val = held.pop(0)
             if test is None and held:
                 test = held.pop(0)
-        if self._skipped:
-            shown = ", ".join(f"{name} ({why})" for name, why in self._skipped[:_SHOWN])
-            more = f" and {self.num_skipped - _SHOWN} more" if self.num_skipped > _SHOWN else ""
-            rank_zero_warn(f"skipped {self.num_skipped} unreadable image file(s) / incomplete sample(s): "
-                           f"{shown}{more} (set data.strict=true to stop on them)")
         for split, records in (("val", val), ("test", test)):
             if records is not None and not records:
                 raise ValueError(f"{self._describe(split)} has no readable image-caption pairs")
         self.records = {"train": train, "val": val, "test": test if test is not None else val}
 
         eval_tf = build_eval_transform(self.image_size, self.mean, self.std)
-        train_ds = CaptionImageDataset([(r.image, r.caption) for r in train], "RGB", self.strict)
+        bad = lambda split: self._bad(split if own.get(split) else "train")  # noqa: E731
+        train_ds = CaptionImageDataset([(r.image, r.caption) for r in train], "RGB", bad=bad("train"))
         if self.augment:
             # no flip: captions name left and right
             train_tf = build_train_transform(self.image_size, self.mean, self.std, crop="resized",
@@ -368,9 +372,9 @@ class CaptionsDataModule(TextDataMixin, BaseDataModule):
             self.train_set = SeededTransformDataset(train_ds, train_tf, self.seed)
         else:
             self.train_set = TransformDataset(train_ds, eval_tf)
-        self.val_set = TransformDataset(CaptionImageDataset(self._eval_pairs(val), "RGB", self.strict), eval_tf)
+        self.val_set = TransformDataset(CaptionImageDataset(self._eval_pairs(val), "RGB", bad=bad("val")), eval_tf)
         self.test_set = self.val_set if test is None else \
-            TransformDataset(CaptionImageDataset(self._eval_pairs(test), "RGB", self.strict), eval_tf)
+            TransformDataset(CaptionImageDataset(self._eval_pairs(test), "RGB", bad=bad("test")), eval_tf)
         self._extra_sets = {}
 
     def _eval_pairs(self, records: list[CaptionRecord]) -> list[tuple[ImageRef, str]]:
@@ -380,6 +384,10 @@ class CaptionsDataModule(TextDataMixin, BaseDataModule):
 
     def collate_fn(self) -> Callable:
         return CaptionsCollate(self.tokenizer, self.context_length)
+
+    def _eval_bad(self, split: str) -> BadSamples:
+        own = split in self.bad_samples and self.bad_samples[split].listed
+        return self._bad(split if own else "train")
 
     def _split_records(self, split: str) -> list[CaptionRecord]:
         if split not in SPLITS:
@@ -407,7 +415,7 @@ class CaptionsDataModule(TextDataMixin, BaseDataModule):
             index = {name: i for i, name in enumerate(self.class_names)}
             samples = [(records[idx[0]].image, index[records[idx[0]].label])
                        for idx in _group_by_image(records).values()]
-            self._extra_sets[key] = TransformDataset(CaptionImageDataset(samples, "RGB", self.strict),
+            self._extra_sets[key] = TransformDataset(CaptionImageDataset(samples, "RGB", bad=self._eval_bad(split)),
                                                      build_eval_transform(self.image_size, self.mean, self.std))
         return self._whole_loader(self._extra_sets[key], collate_labelled)
 
@@ -439,7 +447,7 @@ class CaptionsDataModule(TextDataMixin, BaseDataModule):
             records = self._split_records(split)
             samples = [(image, (j, tuple(records[i].caption for i in idx)))
                        for j, (image, idx) in enumerate(_group_by_image(records).items())]
-            self._extra_sets[key] = TransformDataset(CaptionImageDataset(samples, "RGB", self.strict),
+            self._extra_sets[key] = TransformDataset(CaptionImageDataset(samples, "RGB", bad=self._eval_bad(split)),
                                                      build_eval_transform(self.image_size, self.mean, self.std))
         return self._whole_loader(self._extra_sets[key], collate_retrieval)
 
@@ -452,46 +460,36 @@ _SEPARATORS = {".csv": ",", ".tsv": "\t", ".tab": "\t"}
 
 
 def _separator(path: Path, separator: Optional[str]) -> str:
-    if separator:
-        return "\t" if separator in ("\\t", "tab") else separator
-    sep = _SEPARATORS.get(path.suffix.lower())
-    if sep is None:
-        raise ValueError(f"cannot tell the column separator of {path} from its extension (known: "
-                         f"{sorted(_SEPARATORS)}); set data.separator (',' or '\\t')")
-    return sep
+    return separator_of(path, separator, _SEPARATORS)
 
 
 def read_caption_table(path: Union[str, Path], img_key: str = "filepath", caption_key: str = "title",
                        label_key: Optional[str] = None, separator: Optional[str] = None,
-                       image_root: Optional[Union[str, Path]] = None) -> list[CaptionRecord]:
+                       image_root: Optional[Union[str, Path]] = None,
+                       bad: Optional[BadSamples] = None) -> list[CaptionRecord]:
     """Records of a CSV/TSV with a header row; relative image paths are resolved against ``image_root``
-    (default: the table's folder). Standard ``csv`` quoting (what ``csv.writer`` and pandas write)."""
+    (default: the table's folder). Standard ``csv`` quoting (what ``csv.writer`` and pandas write).
+
+    Rows that are not UTF-8, ragged, badly quoted or have an empty image, caption or label go to ``bad``
+    (skipped and counted, or raised naming the line; default: a non-strict policy of its own)."""
     path = Path(path).expanduser()
     sep = _separator(path, separator)
     root = Path(image_root).expanduser() if image_root is not None else path.parent
+    columns = {img_key: "data.img_key", caption_key: "data.caption_key"}
+    if label_key is not None:
+        columns[label_key] = "data.label_key"
+    own = bad is None
+    if own:
+        bad = BadSamples(f"table {path}", what="row", error=BadSampleError)
+    rows = read_table(path, sep, columns, bad, required=list(columns))
     records = []
-    with open(path, newline="", encoding="utf-8-sig") as f:  # -sig: tolerate a byte-order mark
-        reader = csv.DictReader(f, delimiter=sep)
-        columns = reader.fieldnames or []
-        wanted = {"data.img_key": img_key, "data.caption_key": caption_key}
-        if label_key is not None:
-            wanted["data.label_key"] = label_key
-        missing = [f"{k}={v!r}" for k, v in wanted.items() if v not in columns]
-        if missing:
-            raise ValueError(f"{path} has no column {', '.join(missing)}; its header (separator {sep!r}) has "
-                             f"the columns {columns}")
-        for row in reader:
-            image, caption = row[img_key], row[caption_key]
-            if not image:
-                raise ValueError(f"{path}, line {reader.line_num}: empty {img_key!r} (data.img_key)")
-            label = None
-            if label_key is not None:
-                label = (row[label_key] or "").strip()
-                if not label:
-                    raise ValueError(f"{path}, line {reader.line_num}: empty label {label_key!r} (data.label_key)")
-            file = Path(image).expanduser()
-            records.append(CaptionRecord(os.path.normpath(file if file.is_absolute() else root / file),
-                                         (caption or "").strip(), label))
+    for _, row in rows:
+        file = Path(row[img_key]).expanduser()
+        label = row[label_key].strip() if label_key is not None else None
+        records.append(CaptionRecord(os.path.normpath(file if file.is_absolute() else root / file),
+                                     row[caption_key].strip(), label))
+    if own:
+        bad.scanned(len(rows) + len(bad.scan))
     return records
 
 
@@ -532,6 +530,7 @@ class CsvCaptionsDataModule(CaptionsDataModule):
         self.img_key, self.caption_key, self.label_key = img_key, caption_key, label_key
         self.separator, self.image_root = separator, image_root
         self._tables: dict[str, list[CaptionRecord]] = {}
+        self._tables_read: set[str] = set()
         self._class_names: Optional[list[str]] = None
 
     def _table(self, split: str) -> Optional[list[CaptionRecord]]:
@@ -539,8 +538,11 @@ class CsvCaptionsDataModule(CaptionsDataModule):
         if file is None:
             return None
         if split not in self._tables:
+            # a second reading (class names asked for after setup) must not count its bad rows twice
+            bad = BadSamples(str(file), max_fraction=1.0) if split in self._tables_read else self._bad(split)
             self._tables[split] = read_caption_table(file, self.img_key, self.caption_key, self.label_key,
-                                                     self.separator, self.image_root)
+                                                     self.separator, self.image_root, bad)
+            self._tables_read.add(split)
         return self._tables[split]
 
     @property
@@ -614,25 +616,38 @@ def index_shard(path: str, caption_lines: bool = False
     webdataset): its image (``WDS_IMAGE_EXTENSIONS``, first found) and its caption ``.txt`` (UTF-8).
     ``caption_lines``: each non-empty line of the ``.txt`` is a separate caption of the image.
 
-    Returns the records, the ``(sample, reason)`` of samples with an image or a caption but not both,
-    and the number of single captions that hold a line break (a hint that ``caption_lines`` is wanted).
+    Returns the records, the ``(sample, reason)`` of bad samples (an image or a caption but not both, a
+    caption that is empty or not UTF-8, a member cut short), and the number of single captions that hold
+    a line break (a hint that ``caption_lines`` is wanted). A shard that is truncated or corrupt part-way
+    keeps the samples before the damage; the damage itself is one bad sample naming the shard.
     """
+    size = os.path.getsize(path)
     try:
         tar = tarfile.open(path, "r:")  # "r:" only: compressed shards cannot be read by offset
     except tarfile.TarError as e:
         raise ValueError(f"cannot read shard {path} as an uncompressed tar ({e}); mmzoo indexes .tar shards "
                          f"by byte offset, so compressed (.tar.gz) shards are not supported") from e
     samples: dict[str, dict[str, tarfile.TarInfo]] = {}
+    records, bad, multiline = [], [], 0
     with tar:
-        for m in tar:
-            if not m.isfile():
-                continue
-            folder, base = posixpath.split(m.name)
-            stem, dot, ext = base.partition(".")
-            if not dot or not stem:  # no extension, or a hidden file
-                continue
-            samples.setdefault(posixpath.join(folder, stem), {})[ext.lower()] = m
-        records, incomplete, multiline = [], [], 0
+        last = "the start"
+        try:
+            for m in tar:
+                last = repr(m.name)
+                if not m.isfile():
+                    continue
+                if m.offset_data + m.size > size:  # the header claims more than the shard holds
+                    bad.append((f"{path}:{m.name}", f"member of {m.size} bytes cut short: the shard ends "
+                                                    f"{m.offset_data + m.size - size} bytes early"))
+                    continue
+                folder, base = posixpath.split(m.name)
+                stem, dot, ext = base.partition(".")
+                if not dot or not stem:  # no extension, or a hidden file
+                    continue
+                samples.setdefault(posixpath.join(folder, stem), {})[ext.lower()] = m
+        except (tarfile.TarError, EOFError, OSError) as e:
+            bad.append((path, f"the shard is truncated or corrupt after member {last} ({type(e).__name__}: {e}); "
+                              f"the samples before it are kept"))
         for key, files in samples.items():
             image = next((files[e] for e in WDS_IMAGE_EXTENSIONS if e in files), None)
             text = files.get(WDS_CAPTION_EXTENSION)
@@ -640,29 +655,36 @@ def index_shard(path: str, caption_lines: bool = False
                 if image is not None or text is not None:
                     missing = f"no caption .{WDS_CAPTION_EXTENSION}" if text is None else \
                         f"no image ({', '.join('.' + e for e in WDS_IMAGE_EXTENSIONS)})"
-                    incomplete.append((f"{path}:{key}", missing))
+                    bad.append((f"{path}:{key}", missing))
                 continue
             try:
                 raw = tar.extractfile(text).read().decode("utf-8")
             except UnicodeDecodeError as e:
-                incomplete.append((f"{path}:{text.name}", f"caption is not UTF-8: {e}"))
+                bad.append((f"{path}:{text.name}", f"caption is not UTF-8: {e}"))
+                continue
+            except (tarfile.TarError, EOFError, OSError) as e:
+                bad.append((f"{path}:{text.name}", f"caption cannot be read ({type(e).__name__}: {e})"))
                 continue
             if caption_lines:
                 captions = [line.strip() for line in raw.splitlines() if line.strip()]
             else:
-                captions = [raw.strip()]
-                multiline += "\n" in captions[0]
+                captions = [raw.strip()] if raw.strip() else []
+                multiline += "\n" in raw.strip()
+            if not captions:
+                bad.append((f"{path}:{text.name}", "empty caption"))
+                continue
             ref = TarMember(path, image.name, image.offset_data, image.size)
             records += [CaptionRecord(ref, c) for c in captions]
-    return records, incomplete, multiline
+    return records, bad, multiline
 
 
 class WebDatasetCaptionsDataModule(CaptionsDataModule):
     """Image-text pairs from WebDataset tar shards (``000123.jpg`` + ``000123.txt`` per sample),
     indexed once at setup and read map-style (see the module docstring).
 
-    Samples with an image but no caption (or the reverse) are skipped and counted like unreadable
-    images (``strict`` raises).
+    Samples with an image but no caption (or the reverse), an empty or non-UTF-8 caption, or cut short by
+    a truncated shard are skipped and counted like unreadable images (``strict`` raises naming the shard
+    and member).
 
     Args:
         shards: training shards: a brace pattern (``"data/shard-{000000..000009}.tar"``) or a list of
@@ -690,14 +712,11 @@ class WebDatasetCaptionsDataModule(CaptionsDataModule):
         if shards is None:
             return None
         records, multiline = [], 0
+        bad = self._bad(split)
         for shard in shards:
-            recs, incomplete, ml = index_shard(shard, self.caption_lines)
-            if incomplete and self.strict:
-                name, why = incomplete[0]
-                raise ValueError(f"incomplete sample {name} ({why}); fix the shard or set data.strict=false to "
-                                 f"skip such samples")
-            for name, why in incomplete:
-                self._skip(name, why)
+            recs, broken, ml = index_shard(shard, self.caption_lines)
+            for name, why in broken:
+                bad.reject(name, why)
             records += recs
             multiline += ml
         if multiline:
@@ -722,24 +741,50 @@ class WebDatasetCaptionsDataModule(CaptionsDataModule):
 # ----------------------------------------------------------------------------------------------------
 
 
-def read_coco_captions(annotations: Union[str, Path], images: Union[str, Path]) -> list[CaptionRecord]:
+def read_coco_captions(annotations: Union[str, Path], images: Union[str, Path],
+                       bad: Optional[BadSamples] = None) -> list[CaptionRecord]:
     """Records of a ``captions_*.json`` (images in file order, each image's captions in annotation order);
-    ``file_name`` is resolved against the ``images`` folder. Images without captions are left out."""
+    ``file_name`` is resolved against the ``images`` folder. Images without captions are left out.
+
+    Entries without their fields, with an empty caption, or an annotation of an unknown image go to
+    ``bad`` (skipped and counted, or raised naming the entry; default: a non-strict policy of its own)."""
     annotations = Path(annotations).expanduser()
-    with open(annotations, encoding="utf-8") as f:
-        data = json.load(f)
-    if not isinstance(data, dict) or not {"images", "annotations"} <= set(data):
+    try:
+        data = json.loads(annotations.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{annotations} is not UTF-8 text (byte {e.start}); a COCO captions file is UTF-8 JSON") \
+            from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{annotations}, line {e.lineno} column {e.colno}: not valid JSON ({e.msg})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("images"), list) \
+            or not isinstance(data.get("annotations"), list):
         raise ValueError(f"{annotations} is not a COCO captions file: expected a JSON object with 'images' "
                          f"[{{id, file_name}}] and 'annotations' [{{image_id, caption}}]")
+    own = bad is None
+    if own:
+        bad = BadSamples(f"COCO captions {annotations}", what="entry", error=BadSampleError)
     files = {}
-    for im in data["images"]:
+    for k, im in enumerate(data["images"]):
+        ok = isinstance(im, dict) and isinstance(im.get("file_name"), str) and im["file_name"].strip() \
+            and isinstance(im.get("id"), (int, str))
+        if not ok:
+            bad.reject(f"{annotations}: images[{k}]", "needs an 'id' and a non-empty 'file_name'")
+            continue
         files[im["id"]] = os.path.join(os.path.expanduser(str(images)), im["file_name"])
     captions: dict[Any, list[str]] = {i: [] for i in files}
     for k, ann in enumerate(data["annotations"]):
-        if ann["image_id"] not in captions:
-            raise ValueError(f"{annotations}: annotation {k} (id {ann.get('id')}) refers to image_id "
-                             f"{ann['image_id']!r}, which is not in 'images'")
-        captions[ann["image_id"]].append(str(ann["caption"]).strip())
+        name = f"{annotations}: annotations[{k}]" + (f" (id {ann.get('id')})" if isinstance(ann, dict) else "")
+        if not isinstance(ann, dict) or not isinstance(ann.get("image_id"), (int, str)) \
+                or not isinstance(ann.get("caption"), str):
+            bad.reject(name, "needs an 'image_id' and a 'caption' string")
+        elif ann["image_id"] not in captions:
+            bad.reject(name, f"refers to image_id {ann['image_id']!r}, which is not in 'images'")
+        elif not ann["caption"].strip():
+            bad.reject(name, "empty caption")
+        else:
+            captions[ann["image_id"]].append(ann["caption"].strip())
+    if own:
+        bad.scanned(len(data["images"]) + len(data["annotations"]))
     return [CaptionRecord(files[i], c) for i in files for c in captions[i]]
 
 
@@ -781,7 +826,7 @@ class CocoCaptionsDataModule(CaptionsDataModule):
 
     def _read(self, split: str) -> Optional[list[CaptionRecord]]:
         source = self.sources[split]
-        return read_coco_captions(*source) if source is not None else None
+        return read_coco_captions(*source, bad=self._bad(split)) if source is not None else None
 
     def _describe(self, split: str) -> str:
         source = self.sources.get(split)

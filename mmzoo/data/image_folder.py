@@ -9,19 +9,21 @@ Unreadable files are handled in two places, chosen for cost:
   no more than the header does. ``check_files=False`` skips this pass for very large trees.
 * **at load**, a file whose header is fine but whose pixels do not decode (truncated data) raises with
   ``strict=True``; otherwise the next readable sample of the split stands in (deterministic, so resume
-  stays exact) and one warning per process names it.
+  stays exact), a warning names it and it counts as skipped.
+
+Both follow :mod:`mmzoo.data.bad_samples`: skipped files are counted (``num_skipped``) and the run stops
+once more than ``max_bad_fraction`` of a split is bad.
 """
 from __future__ import annotations
 
 import os
-import warnings
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-from lightning.pytorch.utilities import rank_zero_warn
 from PIL import Image
 from torch.utils.data import Dataset
 
+from .bad_samples import DEFAULT_MAX_BAD_FRACTION, BadSampleError, BadSamples, SkippingDataset, check_fraction
 from .base import ImageClassificationDataModule, SeededTransformDataset
 from .transforms import IMAGENET_GREY_MEAN, IMAGENET_GREY_STD, IMAGENET_MEAN, IMAGENET_STD, TransformDataset, \
     build_eval_transform, build_train_transform, stratified_split
@@ -30,7 +32,7 @@ IMG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 LAYOUT = "<root>/train/<class>/<image>, optional <root>/val/<class>/<image> and <root>/test/<class>/<image>"
 
 
-class UnreadableImageError(ValueError):
+class UnreadableImageError(BadSampleError):
     """An image file that PIL cannot open or decode (raised with ``strict=True``)."""
 
 
@@ -56,20 +58,23 @@ def _header_error(path: str) -> Optional[str]:
         return f"{type(e).__name__}: {e}"
 
 
-class ImageFileDataset(Dataset):
+class ImageFileDataset(SkippingDataset):
     """``(PIL image, label)`` for a list of ``(path, label)``; see the module docstring for bad files.
 
     Args:
         samples: (path, label) pairs.
         mode: PIL mode to convert to ("RGB" or "L").
-        strict: raise :class:`UnreadableImageError` on a file that fails to decode instead of substituting.
+        strict: raise :class:`UnreadableImageError` on a file that fails to decode instead of substituting
+            (when no ``bad`` policy is given).
+        bad: the split's :class:`~mmzoo.data.bad_samples.BadSamples` (strictness, cap, counts).
     """
 
-    def __init__(self, samples: Sequence[tuple[str, int]], mode: str = "RGB", strict: bool = False) -> None:
+    def __init__(self, samples: Sequence[tuple[str, int]], mode: str = "RGB", strict: bool = False,
+                 bad: Optional[BadSamples] = None) -> None:
         self.samples = list(samples)
         self.mode = mode
-        self.strict = strict
-        self.load_failures: list[str] = []  # paths that failed to decode in this process
+        self.strict = bad.strict if bad is not None else strict
+        self.attach(bad, "these images", strict, UnreadableImageError, "image")
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -78,21 +83,12 @@ class ImageFileDataset(Dataset):
         with Image.open(path) as im:
             return im.convert(self.mode)  # convert() decodes: truncated pixel data fails here
 
-    def __getitem__(self, index: int):
-        for offset in range(len(self.samples)):
-            path, label = self.samples[(index + offset) % len(self.samples)]
-            try:
-                return self._load(path), label
-            except Exception as e:
-                if self.strict:
-                    raise UnreadableImageError(f"cannot decode image {path} ({type(e).__name__}: {e}); remove "
-                                               f"it or set data.strict=false to skip unreadable files") from e
-                if path not in self.load_failures:
-                    if not self.load_failures:
-                        warnings.warn(f"cannot decode image {path} ({type(e).__name__}: {e}); using the next "
-                                      f"readable sample instead (further failures are not reported)")
-                    self.load_failures.append(path)
-        raise UnreadableImageError(f"none of the {len(self.samples)} images of this split can be decoded")
+    def load(self, index: int):
+        path, label = self.samples[index]
+        return self._load(path), label
+
+    def sample_name(self, index: int) -> str:
+        return str(self.samples[index][0])
 
 
 class ImageFolderDataModule(ImageClassificationDataModule):
@@ -114,6 +110,7 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         crop_scale: area range of the random resized crop.
         strict: raise on an unreadable image instead of skipping it.
         check_files: parse every file's header at setup (see the module docstring).
+        max_bad_fraction: fail when more than this share of a split's images is unreadable.
     """
 
     def __init__(self, batch_size: int = 64, num_workers: int = 0, seed: int = 0, pin_memory: bool = False,
@@ -121,7 +118,7 @@ class ImageFolderDataModule(ImageClassificationDataModule):
                  image_size: int = 224, in_chans: int = 3, val_fraction: float = 0.1,
                  mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None,
                  augment: bool = True, crop_scale: tuple[float, float] = (0.6, 1.0), strict: bool = False,
-                 check_files: bool = True) -> None:
+                 check_files: bool = True, max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION) -> None:
         super().__init__(batch_size, num_workers, seed, pin_memory, eval_batch_size)
         if in_chans not in (1, 3):
             raise ValueError(f"data.in_chans must be 1 (grey) or 3 (RGB), got {in_chans}")
@@ -156,32 +153,29 @@ class ImageFolderDataModule(ImageClassificationDataModule):
         self.crop_scale = tuple(crop_scale)
         self.strict = strict
         self.check_files = check_files
-        self.skipped_files: list[str] = []  # unreadable files dropped at scan
+        self.max_bad_fraction = check_fraction(max_bad_fraction)
 
-    @property
-    def num_skipped(self) -> int:
-        return len(self.skipped_files)
+    def _bad(self, split: str) -> BadSamples:
+        return self.bad_samples_of(split, f"{self.root / split}", "image", UnreadableImageError)
 
     def _scan(self, split: str) -> list[tuple[str, int]]:
         samples = _list_images(self.root / split, self.class_names)
         if self.check_files:
-            good = []
+            bad, good = self._bad(split), []
             for path, label in samples:
                 err = _header_error(path)
                 if err is None:
                     good.append((path, label))
-                elif self.strict:
-                    raise UnreadableImageError(f"cannot read image {path} ({err}); remove it or set "
-                                               f"data.strict=false to skip unreadable files")
                 else:
-                    self.skipped_files.append(path)
+                    bad.reject(path, err)
+            bad.scanned(len(samples))
             samples = good
         return samples
 
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:
             return
-        self.skipped_files = []
+        self.bad_samples = {}
         train = self._scan("train")
         empty = sorted(set(self.class_names) - {self.class_names[y] for _, y in train})
         if empty:
@@ -197,20 +191,19 @@ class ImageFolderDataModule(ImageClassificationDataModule):
             train_idx, val_idx = stratified_split([y for _, y in train], [len(train) - n_val, n_val], self.seed)
             train, val = [train[i] for i in train_idx.tolist()], [train[i] for i in val_idx.tolist()]
         test = self._scan("test") if (self.root / "test").is_dir() else None
-        if self.skipped_files:
-            shown = ", ".join(self.skipped_files[:5]) + (" ..." if self.num_skipped > 5 else "")
-            rank_zero_warn(f"skipped {self.num_skipped} unreadable image file(s) under {self.root}: {shown} "
-                           f"(set data.strict=true to stop on them)")
 
         mode = "L" if self.in_chans == 1 else "RGB"
         eval_tf = build_eval_transform(self.image_size, self.mean, self.std)
-        train = ImageFileDataset(train, mode, self.strict)
+        has_val = (self.root / "val").is_dir()
+        train = ImageFileDataset(train, mode, bad=self._bad("train"))
         if self.augment:
             train_tf = build_train_transform(self.image_size, self.mean, self.std, crop="resized",
                                              scale=self.crop_scale)
             self.train_set = SeededTransformDataset(train, train_tf, self.seed)
         else:
             self.train_set = TransformDataset(train, eval_tf)
-        self.val_set = TransformDataset(ImageFileDataset(val, mode, self.strict), eval_tf)
-        self.test_set = TransformDataset(ImageFileDataset(test, mode, self.strict), eval_tf) if test is not None \
-            else self.val_set
+        # a validation split held out of train shares train's count and cap
+        self.val_set = TransformDataset(ImageFileDataset(val, mode, bad=self._bad("val" if has_val else "train")),
+                                        eval_tf)
+        self.test_set = TransformDataset(ImageFileDataset(test, mode, bad=self._bad("test")), eval_tf) \
+            if test is not None else self.val_set

@@ -185,7 +185,7 @@ def test_unreadable_images_skipped_counted_or_strict(tmp_path):
         csv.writer(f).writerows([["images/bad.png", _caption("red", 98), "x"],
                                  ["images/missing.png", _caption("red", 99), "x"]])
     with pytest.warns(UserWarning, match="bad.png") as rec:
-        dm = _csv_dm(train_file, val_fraction=0.25)
+        dm = _csv_dm(train_file, val_fraction=0.25, max_bad_fraction=0.5)
         dm.setup()
     msgs = [str(w.message) for w in rec if "unreadable" in str(w.message)]
     assert len(msgs) == 1 and "missing.png" in msgs[0] and "skipped 2" in msgs[0]
@@ -201,7 +201,7 @@ def test_unreadable_images_skipped_counted_or_strict(tmp_path):
     val_file = _write_csv(tmp_path / "val.csv", ["filepath", "title"],
                           [["images/0.png", _caption("red", 0)], ["images/trunc.png", _caption("blue", 50)],
                            ["images/2.png", _caption("blue", 2)]])
-    dm = _csv_dm(_images_csv(tmp_path, 8), val_file=val_file)
+    dm = _csv_dm(_images_csv(tmp_path, 8), val_file=val_file, max_bad_fraction=0.5)
     dm.setup()
     with pytest.warns(UserWarning, match="trunc.png"):
         x, caption = dm.val_set[1]
@@ -258,7 +258,8 @@ def test_webdataset_shards(tmp_path):
                                                                , ("000050.txt", b"a photo of a red thing")])
     pattern = str(tmp_path / "shard-{000000..000001}.tar")
     with pytest.warns(UserWarning, match="000099") as rec:
-        dm = WebDatasetCaptionsDataModule(shards=pattern, image_size=S, batch_size=4, val_fraction=0.25)
+        dm = WebDatasetCaptionsDataModule(shards=pattern, image_size=S, batch_size=4, val_fraction=0.25,
+                                          max_bad_fraction=0.5)
         dm.setup()
     msgs = [str(w.message) for w in rec if "skipped" in str(w.message)]
     assert len(msgs) == 1 and "shard-000001.tar:000050.jpg" in msgs[0] and dm.num_skipped == 2
@@ -268,7 +269,7 @@ def test_webdataset_shards(tmp_path):
         _assert_batch(dm, batch, 4)
     _assert_batch(dm, next(iter(dm.val_dataloader())), 3)
     same = WebDatasetCaptionsDataModule(shards=[str(tmp_path / "shard-000000.tar"), str(tmp_path / "shard-000001.tar")],
-                                        image_size=S, val_fraction=0.25)
+                                        image_size=S, val_fraction=0.25, max_bad_fraction=0.5)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         same.setup()
@@ -276,7 +277,7 @@ def test_webdataset_shards(tmp_path):
 
     with pytest.raises(FileNotFoundError, match="shard-000002.tar"):
         WebDatasetCaptionsDataModule(shards=str(tmp_path / "shard-{000000..000002}.tar"))
-    with pytest.raises(ValueError, match="incomplete sample .*000099"):
+    with pytest.raises(ValueError, match="000099.*no caption"):
         WebDatasetCaptionsDataModule(shards=pattern, strict=True).setup()
     with tarfile.open(tmp_path / "gz.tar", "w:gz") as tar:
         _add(tar, "0.txt", b"a caption")

@@ -128,12 +128,14 @@ def test_corrupt_file_strict(tmp_path):
 def test_truncated_file_at_load_time(tmp_path):
     root = make_tree(tmp_path, per_class=1, splits=("train", "val"))
     _truncated(root / "val" / "red" / "trunc.png")
-    dm = _setup(root)  # the header parses: not caught at scan
+    dm = _setup(root, max_bad_fraction=0.5)  # the header parses: not caught at scan
+    assert dm.num_skipped == 0
     paths = [p for p, _ in dm.val_set.dataset.samples]
     k = [p.endswith("trunc.png") for p in paths].index(True)
     with pytest.warns(UserWarning, match="trunc.png"):
         x, y = dm.val_set[k]
     assert x.shape == (3, 16, 16) and dm.val_set.dataset.load_failures == [paths[k]]
+    assert dm.num_skipped == 1 and dm.skipped_files == [paths[k]]  # counted like a file skipped at scan
     assert torch.equal(x, dm.val_set[(k + 1) % len(paths)][0])  # deterministic stand-in: the next sample
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -141,6 +143,10 @@ def test_truncated_file_at_load_time(tmp_path):
     strict = _setup(root, strict=True)
     with pytest.raises(UnreadableImageError, match="trunc.png"):
         strict.val_set[k]
+    capped = _setup(root)  # 1 of the 4 val images is bad: more than the default 10%
+    with pytest.warns(UserWarning, match="trunc.png"), \
+            pytest.raises(UnreadableImageError, match="1 of the 4 images .*max_bad_fraction=0.1"):
+        capped.val_set[k]
 
 
 def test_missing_root_and_class_mismatch(tmp_path):
