@@ -86,12 +86,14 @@ def convert_to_npy(samples: Iterable[tuple[Path, Path]], num_points: int, mesh_p
     import numpy as np
     import torch
 
+    from mmzoo.data.bad_samples import BadSamples
     from mmzoo.data.point_files import PointFileDataset
 
     written, skipped = 0, []
     for i, (src, dst) in enumerate(samples):
+        lenient = BadSamples("conversion", max_fraction=1.0)  # every bad file is listed at the end instead
         ds = PointFileDataset([(src, 0)], num_points, "fps", seed + i, "train", strict=False, min_points=1,
-                              mesh_points=mesh_points, name="conversion")
+                              mesh_points=mesh_points, name="conversion", bad=lenient)
         if len(ds) == 0:
             skipped.append(f"{src} ({ds.skipped[0][1]})")
             continue

@@ -6,27 +6,39 @@ Batches are ``((wav (B, L), lengths (B,)), target)`` where target is a label ten
 """
 from __future__ import annotations
 
-import csv
-import logging
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .bad_samples import DEFAULT_MAX_BAD_FRACTION, BadSampleError, BadSamples, SkippingDataset, check_fraction
 from .base import BaseDataModule, sample_seed
+from .tables import read_table
 
-log = logging.getLogger(__name__)
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg")
 
 
+class BadAudioError(BadSampleError):
+    """An audio file that cannot be decoded, is empty or holds non-finite samples."""
+
+
 # -- reading ----------------------------------------------------------------------------------------
 def read_audio(path: str | Path, sample_rate: int = 16000) -> torch.Tensor:
-    """Read a wav/flac file with soundfile -> mono float32 (L,) at ``sample_rate`` (torchaudio resampling)."""
+    """Read a wav/flac file with soundfile -> mono float32 (L,) at ``sample_rate`` (torchaudio resampling).
+
+    Raises :class:`BadAudioError` naming the file for a clip without samples or with NaN / inf samples
+    (a float WAV can hold them; they would surface much later as a non-finite loss)."""
     import soundfile as sf
 
     data, sr = sf.read(str(path), dtype="float32", always_2d=True)  # (L, channels)
+    if data.size == 0:
+        raise BadAudioError(f"{path}: no audio samples")
+    if not np.isfinite(data).all():
+        bad = int((~np.isfinite(data)).any(axis=1).sum())
+        raise BadAudioError(f"{path}: {bad} of its {data.shape[0]} samples are NaN or infinite")
     wav = torch.from_numpy(data).mean(1)  # mono
     if sr != sample_rate:
         import torchaudio.functional as AF
@@ -49,25 +61,23 @@ def crop_or_pad(wav: torch.Tensor, max_samples: Optional[int], g: Optional[torch
     return wav[start:start + max_samples]
 
 
-def check_files(items: list[tuple[Path, object]], strict: bool) -> tuple[list[tuple[Path, object]], list[str]]:
-    """Keep items whose file soundfile can open; skip and count the others, or raise naming the file."""
+def check_files(items: list[tuple[Path, object]], bad: BadSamples) -> list[tuple[Path, object]]:
+    """Keep items whose file soundfile can open and that has frames; hand the others to ``bad`` (skipped
+    and counted, or raised naming the file). The cheap header check of set-up: a file that is truncated
+    or garbled after its header fails at load time instead, and is skipped and counted there."""
     import soundfile as sf
 
-    good, bad = [], []
+    good = []
     for path, target in items:
         try:
             info = sf.info(str(path))
             if info.frames <= 0:
-                raise ValueError("no audio frames")
+                raise BadAudioError("no audio frames")
         except Exception as e:  # noqa: BLE001 - every unreadable file is reported the same way
-            if strict:
-                raise ValueError(f"unreadable audio file {path}: {e} (set data.strict=false to skip such files)") from e
-            bad.append(str(path))
+            bad.reject(str(path), e)
             continue
         good.append((path, target))
-    if bad:
-        log.warning("skipped %d unreadable audio files (first: %s)", len(bad), bad[0])
-    return good, bad
+    return good
 
 
 def scan_class_folders(root: str | Path) -> tuple[list[tuple[Path, int]], list[str]]:
@@ -84,20 +94,18 @@ def scan_class_folders(root: str | Path) -> tuple[list[tuple[Path, int]], list[s
     return items, classes
 
 
-def read_manifest(path: str | Path, column: str) -> list[tuple[Path, str]]:
+def read_manifest(path: str | Path, column: str, bad: Optional[BadSamples] = None) -> list[tuple[Path, str]]:
     """A TSV/CSV (by extension) with a header holding ``path`` and ``column`` (``label`` or ``transcript``);
-    relative paths are relative to the manifest's folder."""
+    relative paths are relative to the manifest's folder. Bad rows (not UTF-8, ragged, an empty value) go
+    to ``bad`` (:mod:`mmzoo.data.tables`; default: a non-strict policy of its own)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f, delimiter=delimiter))
-    if not rows or "path" not in rows[0] or column not in rows[0]:
-        found = list(rows[0]) if rows else []
-        raise ValueError(f"manifest {path} needs a header with columns 'path' and '{column}', found {found}")
+    policy = bad if bad is not None else BadSamples(f"manifest {path}", what="row", error=BadAudioError)
+    rows = read_table(path, delimiter, {"path": None, column: None}, policy, required=["path", column])
     return [((path.parent / r["path"]) if not Path(r["path"]).is_absolute() else Path(r["path"]), r[column])
-            for r in rows]
+            for _, r in rows]
 
 
 class CharVocab:
@@ -125,14 +133,17 @@ class CharVocab:
         return len(self.tokens)
 
 
-class AudioFileDataset(Dataset):
+class AudioFileDataset(SkippingDataset):
     """(path, target) items -> ``(normalised mono audio, target)``; training clips are randomly cropped
-    to ``max_samples`` (seeded by (seed, epoch, index)), evaluation clips head-cropped."""
+    to ``max_samples`` (seeded by (seed, epoch, index)), evaluation clips head-cropped. A clip that fails
+    to decode (truncated, garbled, NaN / inf samples) is skipped and counted (:mod:`mmzoo.data.bad_samples`)."""
 
     def __init__(self, items: list[tuple[Path, object]], sample_rate: int = 16000,
-                 max_samples: Optional[int] = None, random_crop: bool = False, seed: int = 0) -> None:
+                 max_samples: Optional[int] = None, random_crop: bool = False, seed: int = 0,
+                 bad: Optional[BadSamples] = None) -> None:
         self.items, self.sample_rate, self.max_samples = items, sample_rate, max_samples
         self.random_crop, self.seed, self.epoch = random_crop, seed, 0
+        self.attach(bad, "these audio files", False, BadAudioError, "audio file")
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -140,7 +151,10 @@ class AudioFileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int):
+    def sample_name(self, index: int) -> str:
+        return str(self.items[index][0])
+
+    def load(self, index: int):
         path, target = self.items[index]
         wav = read_audio(path, self.sample_rate)
         g = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, index)) if self.random_crop else None
@@ -246,8 +260,10 @@ class AudioFolderDataModule(AudioDataModule):
     ``train.tsv`` / ``val.tsv`` / ``test.tsv`` (or .csv) with columns ``path`` + ``label`` or
     ``path`` + ``transcript`` (LibriSpeech style, see data_scripts/).
 
-    Folders without split sub-folders are split by ``fractions`` (seeded). Unreadable files are skipped
-    and counted (``num_skipped``); ``strict=true`` raises naming the file.
+    Folders without split sub-folders are split by ``fractions`` (seeded). Unreadable files (at set-up:
+    no header; at load: truncated or garbled data, NaN / inf samples) and bad manifest rows are skipped
+    and counted (``num_skipped``, :mod:`mmzoo.data.bad_samples`); ``strict=true`` raises naming the file
+    (or manifest line); more than ``max_bad_fraction`` of a split bad stops the run.
 
     Args:
         root: data folder (class folders, split folders ``train/ val/ test/`` of class folders, or manifests).
@@ -255,18 +271,20 @@ class AudioFolderDataModule(AudioDataModule):
         max_seconds: crop longer clips (random crop for training).
         fractions: train/val/test fractions of an unsplit class-folder tree.
         strict: raise on the first unreadable file.
+        max_bad_fraction: fail when more than this share of a split's files is bad.
     """
 
     def __init__(self, root: str, batch_size: int = 32, num_workers: int = 0, seed: int = 0,
                  pin_memory: bool = False, eval_batch_size: Optional[int] = None, target: str = "label",
                  max_seconds: Optional[float] = 2.0, fractions: Sequence[float] = (0.8, 0.1, 0.1),
-                 strict: bool = False, sample_rate: int = 16000) -> None:
+                 strict: bool = False, sample_rate: int = 16000,
+                 max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION) -> None:
         super().__init__(batch_size, num_workers, seed, pin_memory, eval_batch_size, target)
         self.root = Path(root)
         self.sample_rate = sample_rate
         self.max_samples = int(max_seconds * sample_rate) if max_seconds else None
         self.fractions, self.strict = tuple(fractions), strict
-        self.num_skipped = 0
+        self.max_bad_fraction = check_fraction(max_bad_fraction)
         self._splits = self._scan()
 
     def _manifest(self, split: str) -> Optional[Path]:
@@ -283,7 +301,7 @@ class AudioFolderDataModule(AudioDataModule):
             column = "transcript" if self.target == "transcript" else "label"
             for split in ("train", "val", "test"):
                 m = self._manifest(split)
-                splits[split] = read_manifest(m, column) if m is not None else []
+                splits[split] = read_manifest(m, column, self._bad(split, m)) if m is not None else []
             if self.target == "label":
                 self.labels = sorted({t for s in splits.values() for _, t in s})
                 splits = {k: [(p, self.labels.index(t)) for p, t in v] for k, v in splits.items()}
@@ -307,17 +325,22 @@ class AudioFolderDataModule(AudioDataModule):
             parts = (order[:n_train], order[n_train:n_train + n_val], order[n_train + n_val:])
             splits = {s: [items[i] for i in idx] for s, idx in zip(("train", "val", "test"), parts)}
         for split in splits:
-            splits[split], bad = check_files(splits[split], self.strict)
-            self.num_skipped += len(bad)
+            bad = self._bad(split, self.root)
+            listed = len(splits[split]) + len(bad.scan)  # manifest rows rejected count too
+            splits[split] = check_files(splits[split], bad)
+            bad.scanned(listed)
         if self.target == "transcript":
             splits = {k: [(p, (-1, t)) for p, t in v] for k, v in splits.items()}
         return splits
 
+    def _bad(self, split: str, source: Path) -> BadSamples:
+        return self.bad_samples_of(split, f"the {split} split of {source}", "audio file", BadAudioError)
+
     def setup(self, stage: Optional[str] = None) -> None:
         if self.train_set is not None:
             return
-        make = lambda split, crop: _Flatten(AudioFileDataset(self._splits[split], self.sample_rate,
-                                                             self.max_samples, crop, self.seed))
+        make = lambda split, crop: _Flatten(AudioFileDataset(self._splits[split], self.sample_rate, self.max_samples,
+                                                             crop, self.seed, self.bad_samples.get(split)))
         self.train_set = make("train", True)
         self.val_set = make("val", False) if self._splits.get("val") else None
         self.test_set = make("test", False) if self._splits.get("test") else None

@@ -8,11 +8,14 @@ is read once at ``setup`` and kept in memory; augmentation is the one of :class:
 
 Malformed files (bad header, NaN/inf values, fewer than ``min_points`` points, truncated or unreadable) are
 skipped and counted, with one summary line naming the first few; ``strict=True`` raises on the first one,
-naming it. Only numpy and torch are needed (the PLY and OFF parsers are here).
+naming it; more than ``max_bad_fraction`` of a split malformed stops the run (:mod:`mmzoo.data.bad_samples`).
+Headers are checked against the file's size before anything is allocated: a ``.npy`` claiming 10^10
+points or a ``.ply`` with a negative vertex count is malformed, not a ``MemoryError``. Only numpy and torch
+are needed (the PLY and OFF parsers are here).
 """
 from __future__ import annotations
 
-import logging
+import math
 import os
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -22,10 +25,9 @@ import torch
 from torch.utils.data import Dataset
 
 from ..layers.points import farthest_point_sample
+from .bad_samples import DEFAULT_MAX_BAD_FRACTION, BadSampleError, BadSamples, check_fraction
 from .base import sample_seed
 from .points import PointCloudDataModule, normalize_unit_sphere, sample_triangles
-
-log = logging.getLogger(__name__)
 
 PathLike = Union[str, os.PathLike]
 POINT_EXTENSIONS = (".npy", ".ply", ".off", ".txt")
@@ -33,7 +35,7 @@ SAMPLINGS = ("fps", "random")
 SPLIT_IDS = {"train": 1, "val": 2, "test": 3}
 
 
-class MalformedPointFileError(ValueError):
+class MalformedPointFileError(BadSampleError):
     """A point file that cannot be read as a point cloud (raised with ``strict=True``)."""
 
 
@@ -53,7 +55,28 @@ def read_txt(path: PathLike) -> np.ndarray:
 
 
 def read_npy(path: PathLike) -> np.ndarray:
-    """A ``.npy`` array (N, C >= 3); the first three columns are x, y, z."""
+    """A ``.npy`` array (N, C >= 3); the first three columns are x, y, z. The header's shape and dtype
+    are checked against the file's size before the array is read; object (pickled) arrays are refused."""
+    fmt = np.lib.format
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        try:
+            version = fmt.read_magic(f)
+            read_header = {(1, 0): fmt.read_array_header_1_0, (2, 0): fmt.read_array_header_2_0}.get(version)
+            if read_header is None:
+                raise MalformedPointFileError(f"unsupported .npy format version {version}")
+            shape, _, dtype = read_header(f)
+        except MalformedPointFileError:
+            raise
+        except Exception as e:  # noqa: BLE001 - ValueError / EOFError / SyntaxError for a bad header
+            raise MalformedPointFileError(f"not a .npy file ({type(e).__name__}: {e})") from None
+        data_bytes = size - f.tell()
+    if dtype.hasobject:
+        raise MalformedPointFileError("an object array (a pickle), refused: point files hold numbers")
+    claimed = math.prod(shape) * dtype.itemsize
+    if claimed != data_bytes:
+        raise MalformedPointFileError(f"the header claims shape {shape} of {dtype} ({claimed:,} bytes) but the "
+                                      f"file holds {data_bytes:,} bytes of data (truncated or forged)")
     a = np.load(path, allow_pickle=False)
     if a.ndim != 2 or a.shape[1] < 3:
         raise MalformedPointFileError(f"expected an (N, >=3) array, got shape {a.shape}")
@@ -72,6 +95,8 @@ def read_off(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
         rest, body = (body[0].split(), body[1:]) if body else ([], [])
     try:
         num_v, num_f = int(rest[0]), int(rest[1])
+        if num_v < 0 or num_f < 0:
+            raise MalformedPointFileError(f"negative counts in the header ({num_v} vertices, {num_f} faces)")
         if len(body) < num_v + num_f:
             raise MalformedPointFileError(f"header announces {num_v} vertices and {num_f} faces, file has "
                                           f"{len(body)} lines")
@@ -118,7 +143,10 @@ def read_ply(path: PathLike) -> np.ndarray:
         if p[0] == "format" and len(p) >= 2:
             fmt = p[1]
         elif p[0] == "element" and len(p) == 3:
-            elements.append([p[1], int(p[2]), []])
+            count = int(p[2]) if p[2].isdigit() else -1
+            if count < 0:
+                raise MalformedPointFileError(f"PLY element {p[1]!r} has the count {p[2]!r}, not a count >= 0")
+            elements.append([p[1], count, []])
         elif p[0] == "property" and elements and len(p) >= 3:
             elements[-1][2].append(("list", p[-1]) if p[1] == "list" else (p[1], p[2]))
         else:
@@ -199,16 +227,19 @@ class PointFileDataset(Dataset):
         min_points: files with fewer points are malformed.
         mesh_points: surface samples drawn from a mesh before ``sampling`` reduces them.
         name: data set name for the skip summary.
+        bad: the split's :class:`~mmzoo.data.bad_samples.BadSamples` (default: one from ``strict``).
     """
 
     CHUNK = 512  # files read before their clouds are reduced to num_points
 
     def __init__(self, samples: Sequence[tuple[PathLike, int]], num_points: int, sampling: str = "fps",
                  seed: int = 0, split: str = "train", strict: bool = False, min_points: int = 32,
-                 mesh_points: int = 8192, name: str = "point files") -> None:
+                 mesh_points: int = 8192, name: str = "point files", bad: Optional[BadSamples] = None) -> None:
         if sampling not in SAMPLINGS:
             raise ValueError(f"data.sampling must be one of {SAMPLINGS}, got {sampling!r}")
-        self.skipped: list[tuple[str, str]] = []
+        bad = bad if bad is not None else BadSamples(f"{name} {split}", strict, DEFAULT_MAX_BAD_FRACTION,
+                                                     MalformedPointFileError, "point file")
+        seen = len(bad.scan)
         self.labels: list[int] = []
         self.paths: list[str] = []
         raw: list[tuple[int, np.ndarray]] = []
@@ -223,11 +254,8 @@ class PointFileDataset(Dataset):
                     raise MalformedPointFileError("non-finite coordinates (NaN or inf)")
                 if np.ptp(pts, axis=0).max() <= 0:
                     raise MalformedPointFileError("all points coincide")
-            except (MalformedPointFileError, OSError, ValueError, EOFError) as e:
-                if strict:
-                    raise MalformedPointFileError(f"malformed point file {path}: {e} (fix or remove it, or set "
-                                                  f"data.strict=false to skip malformed files)") from e
-                self.skipped.append((str(path), f"{type(e).__name__}: {e}"))
+            except Exception as e:  # noqa: BLE001 - parsers of hostile files: every failure is a bad file
+                bad.reject(str(path), e)
                 continue
             raw.append((s, pts.astype(np.float32)))
             self.labels.append(int(label))
@@ -235,10 +263,8 @@ class PointFileDataset(Dataset):
             if len(raw) == self.CHUNK:
                 done.append(self._resample(raw, num_points, sampling))
                 raw = []
-        if self.skipped:
-            first = "; ".join(f"{p} ({why})" for p, why in self.skipped[:3])
-            log.warning("%s %s: skipped %d malformed of %d files; first: %s", name, split, len(self.skipped),
-                        len(samples), first)
+        self.skipped: list[tuple[str, str]] = bad.scan[seen:]  # (path, reason) of this listing
+        bad.scanned(len(samples))
         done.append(self._resample(raw, num_points, sampling))
         self.points = torch.cat(done)
 
@@ -308,6 +334,7 @@ class PointFilesDataModule(PointCloudDataModule):
         strict: raise on the first malformed file instead of skipping it.
         min_points: files with fewer points are malformed.
         mesh_points: surface samples drawn from each mesh before the reduction.
+        max_bad_fraction: fail when more than this share of a split's files is malformed.
         (others: see :class:`PointCloudDataModule`)
     """
 
@@ -315,20 +342,24 @@ class PointFilesDataModule(PointCloudDataModule):
                  pin_memory: bool = False, eval_batch_size: Optional[int] = None, num_points: int = 1024,
                  augment: bool = True, rotate: str = "none", jitter: float = 0.0,
                  labels_per_class: Optional[int] = None, sampling: str = "fps", strict: bool = False,
-                 min_points: int = 32, mesh_points: int = 8192) -> None:
+                 min_points: int = 32, mesh_points: int = 8192,
+                 max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION) -> None:
         super().__init__(batch_size, num_workers, seed, pin_memory, eval_batch_size, num_points, augment,
                          rotate, jitter, labels_per_class)
         if sampling not in SAMPLINGS:
             raise ValueError(f"data.sampling must be one of {SAMPLINGS}, got {sampling!r}")
         self.root = Path(os.path.expanduser(str(root)))
         self.sampling, self.strict, self.min_points, self.mesh_points = sampling, strict, min_points, mesh_points
+        self.max_bad_fraction = check_fraction(max_bad_fraction)
 
     def list_split(self, split: str) -> Optional[list[tuple[Path, int]]]:
         raise NotImplementedError
 
     def read_split(self, split: str, samples: Sequence[tuple[Path, int]]) -> PointFileDataset:
+        bad = self.bad_samples_of(split, f"the {split} split of {type(self).__name__} under {self.root}",
+                                  "point file", MalformedPointFileError)
         ds = PointFileDataset(samples, self.num_points, self.sampling, self.seed, split, self.strict,
-                              self.min_points, self.mesh_points, type(self).__name__)
+                              self.min_points, self.mesh_points, type(self).__name__, bad)
         if len(ds) == 0:
             raise ValueError(f"{type(self).__name__}: no readable point file in the {split} split under {self.root} "
                              f"({len(samples)} listed, {len(ds.skipped)} malformed)")

@@ -85,17 +85,22 @@ def separator_of(path: Path, separator: Optional[str], known: dict[str, str]) ->
     return sep
 
 
-def read_table(path: Union[str, os.PathLike], separator: str, columns: dict[str, str], bad: BadSamples,
-               required: Sequence[str] = (), optional: Sequence[str] = ()) -> list[tuple[int, dict[str, str]]]:
+def read_table(path: Union[str, os.PathLike], separator: str, columns: dict[str, Optional[str]], bad: BadSamples,
+               required: Sequence[str] = (), optional: Sequence[str] = (), names: Optional[Sequence[str]] = None,
+               skip_first: bool = False) -> list[tuple[int, dict[str, str]]]:
     """``(line, {column: value})`` of each good row of a table with a header row.
 
     Args:
         path: the table.
         separator: column separator.
-        columns: ``{column: config key}`` of the columns the table must have ("filepath": "data.img_key").
+        columns: ``{column: config key or None}`` of the columns the table must have ("filepath":
+            "data.img_key"); messages name the key with the column.
         bad: where bad rows go (skipped and counted, or raised under ``strict``).
         required: columns whose value may not be empty (the row is bad otherwise).
         optional: further columns kept in the rows when the header has them.
+        names: positional column names of a table without a header row (``path,label`` lists); rows need
+            at least that many fields, further ones are ignored.
+        skip_first: with ``names``, the first row is a header to skip.
     """
     path = Path(path)
     raw = path.read_bytes()
@@ -104,7 +109,12 @@ def read_table(path: Union[str, os.PathLike], separator: str, columns: dict[str,
         text = text[1:]
     lines = list(io.StringIO(text, newline=""))  # splits at \n, \r\n and \r only, keeping them for csv
     rows = _rows(lines, separator, 0)
-    header_line, header, why = next(rows, (1, None, "an empty file"))
+    if names is not None:
+        header, header_line, why = list(names), 0, ""
+        if skip_first:
+            next(rows, None)
+    else:
+        header_line, header, why = next(rows, (1, None, "an empty file"))
     if header is None:
         raise ValueError(f"{path}: no header row ({why}); the first row must name the columns, e.g. "
                          f"{separator.join(columns)}")
@@ -113,10 +123,10 @@ def read_table(path: Union[str, os.PathLike], separator: str, columns: dict[str,
         raise ValueError(f"{path}, line {header_line}: the header is not UTF-8 text ({byte}); save the table as "
                          f"UTF-8")
     header = [h.strip() for h in header]
-    missing = [f"{key}={name!r}" for name, key in columns.items() if name not in header]
+    missing = [f"{key}={name!r}" if key else repr(name) for name, key in columns.items() if name not in header]
     if missing:
-        raise ValueError(f"{path} has no column {', '.join(missing)}; its header (separator {separator!r}) has the "
-                         f"columns {header}")
+        raise ValueError(f"{path} has no column {' and '.join(missing)}; its header (separator {separator!r}) has "
+                         f"the columns {header}")
     keep = [c for c in header if c in columns or c in optional]
     out = []
     for line, fields, why in rows:
@@ -128,14 +138,15 @@ def read_table(path: Union[str, os.PathLike], separator: str, columns: dict[str,
         if byte:
             bad.reject(name, f"not UTF-8 text ({byte}); save the table as UTF-8")
             continue
-        if len(fields) != len(header):
-            bad.reject(name, f"{len(fields)} fields where the header has {len(header)} (an unquoted "
-                             f"{separator!r} inside a value?)")
+        if len(fields) < len(header) or (names is None and len(fields) > len(header)):
+            expected = f"the header has {len(header)}" if names is None else f"{len(header)} are needed ({separator.join(header)})"
+            bad.reject(name, f"{len(fields)} fields where {expected} (an unquoted {separator!r} inside a value?)")
             continue
         row = {c: v for c, v in zip(header, fields) if c in keep}
         empty = [c for c in required if not row.get(c, "").strip()]
         if empty:
-            bad.reject(name, f"empty {', '.join(f'{c!r} ({columns.get(c, c)})' for c in empty)}")
+            bad.reject(name, "empty " + ", ".join(f"{c!r} ({columns[c]})" if columns.get(c) else repr(c)
+                                                  for c in empty))
             continue
         out.append((line, row))
     return out

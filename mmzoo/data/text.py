@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .bad_samples import DEFAULT_MAX_BAD_FRACTION, BadSamples, check_fraction
 from .base import BaseDataModule
 from .tokenizer import EOT_TOKEN, PAD_TOKEN, SOT_TOKEN, ByteBPETokenizer
 
@@ -69,25 +70,34 @@ def stdlib_docstrings(max_documents: Optional[int] = None, min_chars: int = 40) 
 
 
 def text_file_documents(root: Union[str, os.PathLike], pattern: str = "*.txt", chunk_chars: int = 2000,
-                        strict: bool = False) -> tuple[list[tuple[str, str]], list[str]]:
+                        strict: bool = False, bad: Optional[BadSamples] = None
+                        ) -> tuple[list[tuple[str, str]], list[str]]:
     """Documents of the text files under ``root`` (recursive, sorted): each file is cut at paragraph
     breaks into chunks of about ``chunk_chars`` characters, named ``relpath#i``.
 
-    Returns (documents, skipped files). Unreadable or non-UTF-8 files are skipped (``strict`` raises)."""
+    Returns (documents, skipped files relative to ``root``). Unreadable or non-UTF-8 files go to ``bad``
+    (:mod:`mmzoo.data.bad_samples`: skipped and counted, or raised under ``strict`` naming the file and the
+    line of the first bad byte; default: a policy from ``strict``)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"text data root {root} is not a directory (config key data.root)")
     files = sorted(p for p in root.rglob(pattern) if p.is_file())
     if not files:
         raise FileNotFoundError(f"no files matching {pattern!r} under {root} (config keys data.root, data.pattern)")
+    bad = bad if bad is not None else BadSamples(f"data.root {root}", strict, what="text file")
     docs, skipped = [], []
     for path in files:
         rel = path.relative_to(root).as_posix()
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as e:
-            if strict:
-                raise ValueError(f"cannot read {path} as UTF-8 text: {e}") from e
+            raw = path.read_bytes()
+            text = raw.decode("utf-8")
+        except OSError as e:
+            bad.reject(str(path), e)
+            skipped.append(rel)
+            continue
+        except UnicodeDecodeError as e:
+            line = raw[:e.start].count(b"\n") + 1
+            bad.reject(str(path), f"not UTF-8 text (byte 0x{raw[e.start]:02x} on line {line})")
             skipped.append(rel)
             continue
         chunk, n = [], 0
@@ -99,6 +109,7 @@ def text_file_documents(root: Union[str, os.PathLike], pattern: str = "*.txt", c
                 chunk, n = [], 0
         if "".join(chunk).strip():
             docs.append((f"{rel}#{len(docs)}", "\n\n".join(chunk)))
+    bad.scanned(len(files))
     return docs, skipped
 
 
@@ -141,6 +152,7 @@ class TextCorpusDataModule(BaseDataModule):
         max_documents: use only the first documents (quick runs, tests).
         chunk_chars: text files are cut into documents of about this many characters.
         strict: raise on an unreadable file instead of skipping it.
+        max_bad_fraction: fail when more than this share of the files is unreadable.
         cache_dir: where BPE files and token arrays are cached (default ``$MMZOO_CACHE/text`` or
             ``~/.cache/mmzoo/text``).
         batch_size, num_workers, seed, pin_memory, eval_batch_size: see :class:`BaseDataModule`.
@@ -151,7 +163,7 @@ class TextCorpusDataModule(BaseDataModule):
                  val_percent: float = 5.0, test_percent: float = 5.0, max_documents: Optional[int] = None,
                  chunk_chars: int = 2000, strict: bool = False, cache_dir: Optional[str] = None,
                  batch_size: int = 32, num_workers: int = 0, seed: int = 0, pin_memory: bool = False,
-                 eval_batch_size: Optional[int] = None) -> None:
+                 eval_batch_size: Optional[int] = None, max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION) -> None:
         super().__init__(batch_size, num_workers, seed, pin_memory, eval_batch_size)
         if context_length < 2:
             raise ValueError(f"data.context_length must be >= 2, got {context_length}")
@@ -166,7 +178,7 @@ class TextCorpusDataModule(BaseDataModule):
         self.chunk_chars = chunk_chars
         self.strict = strict
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
-        self.skipped_files: list[str] = []
+        self.max_bad_fraction = check_fraction(max_bad_fraction)
         self._tokenizer: Optional[ByteBPETokenizer] = None
         self._tokens: dict[str, np.ndarray] = {}
 
@@ -177,10 +189,9 @@ class TextCorpusDataModule(BaseDataModule):
 
     def _documents(self) -> list[tuple[str, str]]:
         if self.root is not None:
-            docs, self.skipped_files = text_file_documents(self.root, self.pattern, self.chunk_chars, self.strict)
-            if self.skipped_files:
-                log.warning("skipped %d unreadable text files under %s, e.g. %s", len(self.skipped_files),
-                            self.root, self.skipped_files[:3])
+            self.bad_samples.pop("corpus", None)  # read again: count once
+            bad = self.bad_samples_of("corpus", f"data.root {self.root}", "text file")
+            docs, _ = text_file_documents(self.root, self.pattern, self.chunk_chars, self.strict, bad)
             return docs[: self.max_documents] if self.max_documents else docs
         # the stdlib corpus is extracted once per Python installation (parsing it takes seconds)
         key = hashlib.sha1(f"{sys.version}|{sysconfig.get_paths()['stdlib']}|{self.max_documents}".encode()).hexdigest()

@@ -15,13 +15,12 @@ the long side) crops of the short side resized to ``crop_size``, returned as one
 tensor whose predictions the task averages.
 
 Unreadable videos and videos shorter than one clip are skipped and counted when the split is scanned
-(``skipped``); ``strict=True`` raises instead, naming the file.
+(``skipped``), videos that fail to decode later (a truncated file whose header is intact) when they are
+loaded (:mod:`mmzoo.data.bad_samples`); ``strict=True`` raises instead, naming the file, and more than
+``max_bad_fraction`` of a split bad stops the run.
 """
 from __future__ import annotations
 
-import csv
-import logging
-import random
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
@@ -29,15 +28,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from .bad_samples import DEFAULT_MAX_BAD_FRACTION, BadSampleError, BadSamples, SkippingDataset, check_fraction
 from .base import BaseDataModule, sample_seed
-
-log = logging.getLogger(__name__)
+from .tables import read_table
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")
 MEAN, STD = (0.45, 0.45, 0.45), (0.225, 0.225, 0.225)  # Kinetics statistics of the reference code
 
 
-class VideoReadError(RuntimeError):
+class VideoReadError(BadSampleError, RuntimeError):
     """A video could not be decoded or is too short."""
 
 
@@ -131,7 +130,7 @@ def normalize(frames: torch.Tensor) -> torch.Tensor:
     return ((frames - mean) / std).transpose(0, 1).contiguous()
 
 
-class VideoClipDataset(Dataset):
+class VideoClipDataset(SkippingDataset):
     """``(clip, label)`` pairs from a list of ``(path, label)`` videos.
 
     Args:
@@ -142,19 +141,23 @@ class VideoClipDataset(Dataset):
         crop_size: side S of the crops.
         train_scale: short-side range of the random resize before the training crop.
         eval_clips, eval_crops: evaluation views.
-        strict: raise on an unreadable / too-short video instead of skipping it.
+        strict: raise on an unreadable / too-short video instead of skipping it (without ``bad``).
+        bad: the split's :class:`~mmzoo.data.bad_samples.BadSamples` (strictness, cap, counts).
     """
 
     def __init__(self, samples: Sequence[tuple[str, int]], num_frames: int = 8, sampling_rate: int = 8,
                  train: bool = True, crop_size: int = 224, train_scale: tuple[int, int] = (256, 320),
-                 eval_clips: int = 1, eval_crops: int = 1, strict: bool = False) -> None:
+                 eval_clips: int = 1, eval_crops: int = 1, strict: bool = False,
+                 bad: Optional[BadSamples] = None) -> None:
         self.num_frames, self.sampling_rate, self.train = num_frames, sampling_rate, train
         self.crop_size, self.train_scale = crop_size, tuple(train_scale)
         self.eval_clips, self.eval_crops, self.strict = eval_clips, eval_crops, strict
         self.seed, self.epoch = 0, 0
         span = clip_span(num_frames, sampling_rate)
         self.samples: list[tuple[str, int, int]] = []  # (path, label, frame count)
-        self.skipped: dict[str, str] = {}  # path -> reason
+        bad = bad if bad is not None else BadSamples("the listed videos", strict, DEFAULT_MAX_BAD_FRACTION, VideoReadError,
+                                                     "video")
+        seen = len(bad.scan)
         for path, label in samples:
             try:
                 n = video_num_frames(path)
@@ -162,14 +165,12 @@ class VideoClipDataset(Dataset):
                     raise VideoReadError(f"video {path} has {n} frames, a clip of {num_frames} frames every "
                                          f"{sampling_rate} needs {span} (lower data.sampling_rate or data.num_frames)")
             except VideoReadError as e:
-                if strict:
-                    raise
-                self.skipped[str(path)] = str(e)
+                bad.reject(str(path), e)
                 continue
             self.samples.append((str(path), int(label), n))
-        if self.skipped:
-            log.warning("skipped %d of %d videos (unreadable or too short), e.g. %s", len(self.skipped),
-                        len(samples), next(iter(self.skipped.values())))
+        self.skipped: dict[str, str] = dict(bad.scan[seen:])  # path -> reason, of this listing
+        bad.scanned(len(samples) + seen)  # rows of a video list rejected before count too
+        self.attach(bad)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -177,7 +178,10 @@ class VideoClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int):
+    def sample_name(self, index: int) -> str:
+        return self.samples[index][0]
+
+    def load(self, index: int):
         path, label, n = self.samples[index]
         span = clip_span(self.num_frames, self.sampling_rate)
         if self.train:
@@ -221,20 +225,22 @@ def list_video_folder(root: Union[str, Path], class_names: Optional[Sequence[str
     return samples, names
 
 
-def read_video_list(path: Union[str, Path], class_names: Optional[Sequence[str]] = None):
-    """(path, label) pairs of a ``path,label`` CSV; class names from the labels when they are names."""
+def read_video_list(path: Union[str, Path], class_names: Optional[Sequence[str]] = None,
+                    bad: Optional[BadSamples] = None):
+    """(path, label) pairs of a ``path,label`` CSV (header row optional); class names from the labels when
+    they are names. Bad rows (not UTF-8, fewer than two fields, an empty value) go to ``bad``."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"video list {path} does not exist (a CSV of path,label lines)")
+    # a header row is optional: a first row whose path column reads "path", "video" or "filename"
+    with open(path, "rb") as f:
+        header = f.readline().split(b",")[0].strip().lower() in (b"path", b"video", b"filename")
+    bad = bad if bad is not None else BadSamples(f"video list {path}", what="row", error=VideoReadError)
     rows = []
-    with open(path, newline="") as f:
-        for i, row in enumerate(csv.reader(f)):
-            if not row or (i == 0 and row[0].strip().lower() in ("path", "video", "filename")):
-                continue
-            if len(row) < 2:
-                raise ValueError(f"{path} line {i + 1}: expected 'path,label', got {row}")
-            p = Path(row[0].strip())
-            rows.append((str(p if p.is_absolute() else path.parent / p), row[1].strip()))
+    for _, row in read_table(path, ",", {"path": None, "label": None}, bad, required=["path", "label"],
+                             names=["path", "label"], skip_first=header):
+        p = Path(row["path"].strip())
+        rows.append((str(p if p.is_absolute() else path.parent / p), row["label"].strip()))
     labels = [lab for _, lab in rows]
     if all(lab.lstrip("-").isdigit() for lab in labels):
         return [(p, int(lab)) for p, lab in rows], list(class_names) if class_names else None
@@ -258,6 +264,7 @@ class VideoDataModule(BaseDataModule):
             others); validation uses ``val_clips`` x 1 centre crop to stay cheap.
         val_clips: clips per validation video.
         strict: raise on unreadable / too-short videos instead of skipping and counting them.
+        max_bad_fraction: fail when more than this share of a split's videos (or list rows) is bad.
         batch_size, num_workers, seed, pin_memory, eval_batch_size: see :class:`BaseDataModule`.
     """
 
@@ -266,8 +273,9 @@ class VideoDataModule(BaseDataModule):
                  crop_size: int = 224, train_scale: tuple[int, int] = (256, 320), eval_clips: int = 1,
                  eval_crops: int = 3, val_clips: int = 1, strict: bool = False, batch_size: int = 8,
                  num_workers: int = 0, seed: int = 0, pin_memory: bool = False,
-                 eval_batch_size: Optional[int] = None) -> None:
+                 eval_batch_size: Optional[int] = None, max_bad_fraction: float = DEFAULT_MAX_BAD_FRACTION) -> None:
         super().__init__(batch_size, num_workers, seed, pin_memory, eval_batch_size)
+        self.max_bad_fraction = check_fraction(max_bad_fraction)
         if root is None and train_list is None:
             raise ValueError("set data.root (a ROOT/<split>/<class>/<video> tree) or data.train_list (a CSV)")
         self.root, self.lists = root, {"train": train_list, "val": val_list, "test": test_list}
@@ -286,9 +294,14 @@ class VideoDataModule(BaseDataModule):
     def num_classes(self) -> int:
         return len(self.class_names)
 
+    def _bad(self, split: str) -> BadSamples:
+        source = f"data.{split}_list {self.lists[split]}" if self.lists[split] is not None else \
+            f"{Path(self.root) / split}"
+        return self.bad_samples_of(split, source, "video", VideoReadError)
+
     def _split(self, split: str, class_names):
         if self.lists[split] is not None:
-            return read_video_list(self.lists[split], class_names)
+            return read_video_list(self.lists[split], class_names, self._bad(split))
         if self.root is None or not (Path(self.root) / split).is_dir():
             return None, class_names
         return list_video_folder(Path(self.root) / split, class_names)
@@ -300,7 +313,7 @@ class VideoDataModule(BaseDataModule):
         if samples is None:
             return None
         ds = VideoClipDataset(samples, self.num_frames, self.sampling_rate, train, self.crop_size, self.train_scale,
-                              clips, crops, self.strict)
+                              clips, crops, self.strict, self._bad(split))
         self.skipped[split] = ds.skipped
         return ds
 

@@ -69,7 +69,8 @@ def test_class_folders_skip_and_count_unreadable_files_strict_names_them(tmp_pat
             _write(tmp_path / c / f"{i}.wav", seconds=0.3 + 0.1 * i)
     (tmp_path / "_background_noise_").mkdir()
     (tmp_path / "no" / "broken.wav").write_bytes(b"not audio")
-    dm = AudioFolderDataModule(str(tmp_path), batch_size=2, fractions=(0.6, 0.2, 0.2), max_seconds=0.5)
+    dm = AudioFolderDataModule(str(tmp_path), batch_size=2, fractions=(0.6, 0.2, 0.2), max_seconds=0.5,
+                               max_bad_fraction=0.5)
     assert dm.labels == ["no", "yes"] and dm.num_skipped == 1
     dm.setup()
     assert len(dm.train_set) + len(dm.val_set) + len(dm.test_set) == 10
@@ -92,7 +93,7 @@ def test_manifest_with_transcripts(tmp_path):
     assert wav.shape == (3, 8000)
     assert dm.vocab.decode(tokens[0, : tok_len[0]].tolist()) == "hello world 0"
     (tmp_path / "train.tsv").write_text("file\tlabel\nx.wav\tyes\n")
-    with pytest.raises(ValueError, match="columns 'path' and 'transcript'"):
+    with pytest.raises(ValueError, match="no column 'path' and 'transcript'"):
         AudioFolderDataModule(str(tmp_path), target="transcript")
 
 

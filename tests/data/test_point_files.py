@@ -162,16 +162,16 @@ def test_ply_ascii_and_binary_give_identical_points(tmp_path):
 
 # -- ModelNet40 --------------------------------------------------------------------------------------
 
-def test_modelnet40_txt_layout_and_skip_counting(tmp_path, caplog):
+def test_modelnet40_txt_layout_and_skip_counting(tmp_path):
     d = write_modelnet_txt(tmp_path)
     bad = np.loadtxt(d / "vase" / "vase_0002.txt", delimiter=",")
     bad[5, 1] = np.nan
     np.savetxt(d / "vase" / "vase_0002.txt", bad, fmt="%.6f", delimiter=",")
-    dm = ModelNet40DataModule(root=tmp_path, num_points=64, batch_size=2, augment=False)
+    dm = ModelNet40DataModule(root=tmp_path, num_points=64, batch_size=2, augment=False, max_bad_fraction=0.2)
     assert dm.class_names == ["airplane", "night_stand", "vase"] and dm.num_classes == 3
-    with caplog.at_level("WARNING", logger="mmzoo"):
+    with pytest.warns(UserWarning, match=r"skipped 1 unreadable or broken point file\(s\) of 9: .*vase_0002\.txt"):
         dm.setup("fit")
-    assert "skipped 1 malformed of 9 files" in caplog.text and "vase_0002.txt" in caplog.text
+    assert dm.num_skipped == 1
     train_set = dm.train_set.dataset
     assert train_set.points.shape == (8, 64, 3) and len(train_set.skipped) == 1
     assert train_set.labels == [0, 0, 0, 1, 1, 1, 2, 2]  # night_stand_0001 -> class "night_stand"
@@ -215,7 +215,7 @@ def test_shapenet55_layout_too_few_points_and_missing_split(tmp_path):
     write_npy(tmp_path / "shapenet_pc" / "03001627-tiny.npy", cloud(5, 9))  # too few points
     with open(tmp_path / "ShapeNet-55" / "train.txt", "a") as f:
         f.write("03001627-tiny.npy\n")
-    dm = ShapeNet55DataModule(root=tmp_path, num_points=64, augment=False)
+    dm = ShapeNet55DataModule(root=tmp_path, num_points=64, augment=False, max_bad_fraction=0.5)
     assert dm.class_names == ["02691156", "03001627"]
     dm.setup("fit")
     ds = dm.train_set.dataset
@@ -223,7 +223,7 @@ def test_shapenet55_layout_too_few_points_and_missing_split(tmp_path):
     assert len(ds.skipped) == 1 and "fewer than data.min_points" in ds.skipped[0][1]
     _unit_sphere(ds.points)
     # random subsets are deterministic from the seed
-    again = ShapeNet55DataModule(root=tmp_path, num_points=64, augment=False)
+    again = ShapeNet55DataModule(root=tmp_path, num_points=64, augment=False, max_bad_fraction=0.5)
     again.setup("fit")
     assert torch.equal(again.train_set.dataset.points, ds.points)
     with pytest.raises(MalformedPointFileError, match="03001627-tiny.npy"):
@@ -256,17 +256,19 @@ def write_folder_tree(root, malformed: bool = True):
     return root
 
 
-def test_point_folder_tree_skips_and_counts_malformed_files(tmp_path, caplog):
+def test_point_folder_tree_skips_and_counts_malformed_files(tmp_path):
     root = write_folder_tree(tmp_path / "tree")
-    dm = PointFolderDataModule(root=root, num_points=64, mesh_points=512, augment=False)
+    dm = PointFolderDataModule(root=root, num_points=64, mesh_points=512, augment=False, max_bad_fraction=0.5)
     assert dm.class_names == ["box", "cloud", "flat"]
-    with caplog.at_level("WARNING", logger="mmzoo"):
+    with pytest.warns(UserWarning, match=r"skipped 5 unreadable or broken point file\(s\) of 14"):
         dm.setup("fit")
     ds = dm.train_set.dataset
     assert ds.points.shape == (9, 64, 3) and ds.labels == [0] * 3 + [1] * 3 + [2] * 3
     skipped = sorted(p.rsplit("/", 1)[1] for p, _ in ds.skipped)
     assert skipped == ["bad_header.off", "cut.ply", "few.npy", "nan.txt", "unreadable.npy"]
-    assert "skipped 5 malformed of 14 files" in caplog.text
+    assert dm.num_skipped == 5
+    with pytest.raises(MalformedPointFileError, match=r"5 of the 14 point files .*max_bad_fraction=0\.1"):
+        PointFolderDataModule(root=root, num_points=64, mesh_points=512).setup("fit")  # the default cap
     _unit_sphere(ds.points)
     # the stretched "flat" class keeps its shape after normalisation: small z extent
     assert ds.points[6:, :, 2].abs().max() < 0.5 < ds.points[6:, :, :2].abs().max()
@@ -297,7 +299,8 @@ def test_point_bert_classification_trains_on_point_folder(train_cfg, tmp_path):
     root = write_folder_tree(tmp_path / "tree")
     cfg = train_cfg("model=point_bert", "task=point_classification", "data=point_folder", f"data.root={root}",
                     "data.num_points=128", "data.mesh_points=512", "data.batch_size=4",
-                    "+model.num_groups=8", "+model.group_size=8", "+model.depth=1", "debug=fdr")
+                    "+model.num_groups=8", "+model.group_size=8", "+model.depth=1", "debug=fdr",
+                    "data.max_bad_fraction=0.5")
     _, task = build(cfg)  # num_classes and class_names: auto, from the folder tree
     assert task.model.num_classes == 3 and task.class_names == ["box", "cloud", "flat"]
     m = train(cfg)

@@ -32,8 +32,9 @@ def _dm(root, cache, **kw):
 def test_text_files_blocks_tokenizer_and_cache(tmp_path, monkeypatch):
     root = _write_corpus(tmp_path / "texts")
     dm = _dm(root, tmp_path / "cache")
-    dm.setup("fit")
-    assert dm.skipped_files == ["broken.txt"]
+    with pytest.warns(UserWarning, match=r"broken\.txt: not UTF-8 text \(byte 0xff on line 1\)"):
+        dm.setup("fit")
+    assert dm.skipped_files == [str(root / "broken.txt")]
     tok = dm.tokenizer
     assert dm.vocab_size == tok.vocab_size <= 400
     assert tok.eot_token_id == tok.vocab_size - 1  # EOT keeps the largest id
@@ -73,6 +74,8 @@ def test_strict_and_missing_inputs_name_the_problem(tmp_path):
     root = _write_corpus(tmp_path / "texts")
     with pytest.raises(ValueError, match="broken.txt"):
         _dm(root, tmp_path / "c", strict=True).setup("fit")
+    with pytest.raises(ValueError, match=r"1 of the 14 text files .*max_bad_fraction=0\.05"), pytest.warns(UserWarning):
+        _dm(root, tmp_path / "c", max_bad_fraction=0.05).setup("fit")  # one bad file in 14: over a 5% cap
     with pytest.raises(FileNotFoundError, match="data.root"):
         _dm(tmp_path / "nope", tmp_path / "c").setup("fit")
     with pytest.raises(FileNotFoundError, match=r"\*.md"):

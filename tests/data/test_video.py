@@ -8,6 +8,7 @@ import av
 import pytest
 import torch
 
+from mmzoo.data.bad_samples import BadSamples
 from mmzoo.data.video import (VideoClipDataset, VideoDataModule, VideoReadError, clip_indices, read_video,
                               three_crops, uniform_starts, video_num_frames)
 
@@ -52,7 +53,8 @@ def test_skip_and_count_bad_videos_or_raise_in_strict_mode(tmp_path):
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(b"\x00\x01 not a video" * 10)
     samples = [(str(good), 0), (str(short), 1), (str(corrupt), 1)]
-    ds = VideoClipDataset(samples, num_frames=4, sampling_rate=2, crop_size=16, train_scale=(16, 20))
+    lenient = BadSamples("test videos", max_fraction=1.0, error=VideoReadError, what="video")
+    ds = VideoClipDataset(samples, num_frames=4, sampling_rate=2, crop_size=16, train_scale=(16, 20), bad=lenient)
     assert len(ds) == 1 and set(ds.skipped) == {str(short), str(corrupt)}
     assert "has 3 frames" in ds.skipped[str(short)]
     with pytest.raises(VideoReadError, match="short.mp4"):
@@ -84,7 +86,7 @@ def test_folder_and_csv_datamodules(tmp_path):
                 write_video(tmp_path / "tree" / split / cls / f"{i}.mp4", 10)
     (tmp_path / "tree" / "train" / "run" / "broken.mp4").write_bytes(b"junk")
     dm = VideoDataModule(root=str(tmp_path / "tree"), num_frames=4, sampling_rate=2, crop_size=16,
-                         train_scale=(16, 20), batch_size=2, eval_crops=3)
+                         train_scale=(16, 20), batch_size=2, eval_crops=3, max_bad_fraction=0.25)
     dm.setup("fit")
     assert dm.class_names == ["jump", "run"] and len(dm.train_set) == 4 and len(dm.skipped["train"]) == 1
     x, y = next(iter(dm.train_dataloader()))
