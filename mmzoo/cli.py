@@ -8,6 +8,19 @@ from __future__ import annotations
 
 import argparse
 import sys
+import unicodedata
+from typing import Any
+
+
+def printable(value: Any) -> str:
+    """``str(value)`` with control characters (terminal escape sequences, carriage returns, bidi overrides)
+    written as ``\\x..`` / ``\\u....`` escapes: a checkpoint is data, and its strings must not drive the
+    terminal that prints them."""
+    def escape(ch: str) -> str:
+        code = ord(ch)
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+    return "".join(ch if unicodedata.category(ch)[0] != "C" else escape(ch) for ch in str(value))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,11 +51,11 @@ def main(argv: list[str] | None = None) -> int:
 
         ckpt = read_checkpoint(args.ckpt)
         n = sum(v.numel() for v in ckpt.state_dict.values())
-        print(f"format: {ckpt.format}\narch: {ckpt.arch}\nmodel: {ckpt.model_name}\ntensors: "
-              f"{len(ckpt.state_dict)} ({n:,} values)")
+        print(f"format: {printable(ckpt.format)}\narch: {printable(ckpt.arch)}\nmodel: {printable(ckpt.model_name)}"
+              f"\ntensors: {len(ckpt.state_dict)} ({n:,} values)")
         if ckpt.config:
             for k, v in ckpt.config.items():
-                print(f"  {k}: {v}")
+                print(f"  {printable(k)}: {printable(v)}")
     return 0
 
 

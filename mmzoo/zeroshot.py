@@ -1,4 +1,5 @@
-"""Zero-shot classification CLI: ``python -m mmzoo.zeroshot ckpt_path=CKPT data=digits``.
+"""Zero-shot classification CLI: ``python -m mmzoo.zeroshot ckpt_path=CKPT data=digits``, or a preset with
+foreign weights: ``python -m mmzoo.zeroshot model=clip_vit_b32 pretrained=WEIGHTS tokenizer=clip``.
 
 Builds a text classifier from prompt templates x class names, classifies the images of any mmzoo
 classification data module, reports top-1 / top-5 / per-class accuracy, and writes ``zeroshot.json`` and
@@ -9,8 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import hydra
 import torch
@@ -24,10 +26,10 @@ def _load_model(cfg: DictConfig) -> torch.nn.Module:
     from mmzoo import create_model
 
     if cfg.ckpt_path is not None:
-        return create_model(cfg.model, pretrained=cfg.ckpt_path)
-    if cfg.model is None:
+        return create_model(cfg.model_name, pretrained=cfg.ckpt_path)
+    if cfg.model_name is None:
         raise ValueError("pass ckpt_path=CKPT (an mmzoo checkpoint) or model=PRESET pretrained=WEIGHTS")
-    return create_model(cfg.model, pretrained=cfg.pretrained)
+    return create_model(cfg.model_name, pretrained=cfg.pretrained)
 
 
 def _save_confusion_png(confusion: torch.Tensor, names: list[str], path: Path) -> None:
@@ -53,8 +55,9 @@ def _save_confusion_png(confusion: torch.Tensor, names: list[str], path: Path) -
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate as configured; returns the metrics also written to ``zeroshot.json``."""
+    from mmzoo.data.templates import check_templates, load_templates
     from mmzoo.data.tokenizer import get_tokenizer
-    from mmzoo.tasks.zeroshot import DEFAULT_TEMPLATES, build_zeroshot_classifier, load_templates, zeroshot_evaluate
+    from mmzoo.tasks.zeroshot import DEFAULT_TEMPLATES, build_zeroshot_classifier, zeroshot_evaluate
 
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -73,9 +76,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     else:
         tokenizer = getattr(dm, "tokenizer", None) or get_tokenizer("clip")
     if cfg.templates is not None:
-        templates = load_templates(cfg.templates)
+        templates = load_templates(cfg.templates)  # errors name the file and line
     else:
-        templates = list(getattr(dm, "zeroshot_templates", None) or DEFAULT_TEMPLATES)
+        templates = check_templates(getattr(dm, "zeroshot_templates", None) or DEFAULT_TEMPLATES,
+                                    f"the zero-shot templates of {type(dm).__name__}")
     if hasattr(dm, "zeroshot_dataloader"):
         loader = dm.zeroshot_dataloader(cfg.split)
     else:
@@ -105,9 +109,22 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     return metrics
 
 
+def preset_alias(argv: Sequence[str]) -> list[str]:
+    """``model=NAME`` names a preset on this command line, but ``model`` is also the model config group of
+    ``configs/`` (train.py's), so Hydra would look for ``configs/model/NAME.yaml``: it becomes the plain
+    key ``model_name=NAME`` before Hydra parses the arguments."""
+    return [f"model_name={a[len('model='):]}" if a.startswith("model=") else a for a in argv]
+
+
 @hydra.main(version_base="1.3", config_path="../configs", config_name="zeroshot")
-def main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> None:
     run(cfg)
+
+
+def main() -> None:
+    """``python -m mmzoo.zeroshot`` / ``mmzoo-zeroshot``."""
+    sys.argv[1:] = preset_alias(sys.argv[1:])
+    _hydra_main()
 
 
 if __name__ == "__main__":
