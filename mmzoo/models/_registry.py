@@ -4,11 +4,20 @@
   dataclass to the class that builds it (the name is saved in checkpoints).
 * ``@register_model`` on a function ``vit_small_patch16_224() -> ViTConfig`` adds a preset.
 * ``create_model(name, pretrained=None, **overrides)`` builds a preset, overriding config fields.
+
+Every config is validated before its model is built (:func:`validate_config`), once for all models: each
+field against its declared type, then the shared vocabulary's ranges (``depth`` >= 1, ``num_classes`` >=
+0, dropout rates in [0, 1), ``mlp_ratio`` > 0 ...), so ``model.depth=0`` or ``model.embed_dim=abc`` is an
+error naming the key rather than a 0-block model or a ``TypeError`` deep inside a layer.
 """
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import functools
+import math
+import types
+import typing
 from typing import Any, Callable, Optional, Union
 
 import torch.nn as nn
@@ -110,9 +119,126 @@ def get_model_config(name: str, **overrides: Any) -> Any:
     return replace_config(_MODEL_PRESETS[name](), overrides)
 
 
+# -- validation -----------------------------------------------------------------------------------------
+# Integer fields are counts and sizes (depth, num_heads, embed_dim, patch_size, vocab_size ...): >= 1, except
+# these, where 0 means "none" (and any "*_depth" of an optional extra stack).
+_ZERO_ALLOWED = {"num_classes": "0 = no classifier head", "head_hidden": "0 = a linear head",
+                 "num_experts": "0 = dense MLPs", "eot_id": "a token id"}
+
+
+def _int_floor(name: str) -> int:
+    return 0 if name in _ZERO_ALLOWED or name.endswith("_depth") else 1
+
+
+def _float_problem(name: str, v: float) -> Optional[str]:
+    if not math.isfinite(v):
+        return "must be a finite number"
+    if "drop" in name or name.endswith("_rate"):  # dropout, stochastic depth, layer drop
+        return None if 0.0 <= v < 1.0 else "is a drop probability: must be in [0, 1)"
+    if name.endswith("_prob"):
+        return None if 0.0 <= v <= 1.0 else "is a probability: must be in [0, 1]"
+    if name.endswith(("_ratio", "_eps", "_temp")):
+        return None if v > 0 else "must be > 0"
+    if name.endswith(("_weight", "_std", "_mult")):
+        return None if v >= 0 else "must be >= 0"
+    return None
+
+
+def _type_name(hint: Any) -> str:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list of {_type_name(args[0]).removeprefix('an ').removeprefix('a ')}s"
+        return f"a list of {len(args)} {_type_name(args[0]).removeprefix('an ').removeprefix('a ')}s"
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string",
+            type(None): "null"}.get(hint, getattr(hint, "__name__", str(hint)))
+
+
+def _matches(value: Any, hint: Any) -> bool:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is tuple:
+        if not isinstance(value, (tuple, list)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return len(value) == len(args) and all(_matches(v, a) for v, a in zip(value, args))
+    if isinstance(hint, type):
+        return isinstance(value, hint)
+    return True  # annotations mmzoo's configs do not use are not checked
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _declares_float(hint: Any) -> bool:
+    """Whether a field's numbers are floats (``float``, ``Optional[float]``, ``tuple[float, ...]``)."""
+    return hint is float or any(_declares_float(a) for a in typing.get_args(hint))
+
+
+def _number_problem(name: str, v: Any, is_float: bool) -> Optional[str]:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    if not is_float:
+        floor = _int_floor(name)
+        if v < floor:
+            return f"must be >= {floor}" + (f" ({_ZERO_ALLOWED[name]})" if name in _ZERO_ALLOWED else "")
+        return None
+    return _float_problem(name, float(v))
+
+
+def validate_config(cfg: Any, where: str = "model.") -> None:
+    """Raise ``ValueError`` naming the key (``model.vision.depth=-1``) for the first field of ``cfg`` (a
+    config dataclass, nested ones included) that does not have its declared type or is out of range for its
+    name: integer counts and sizes >= 1 (``num_classes``, ``head_hidden``, ``num_experts`` and ``*_depth``
+    may be 0), dropout rates in [0, 1), probabilities in [0, 1], ratios / eps / temperatures > 0, every
+    number finite; and the width of a config with ``num_heads`` (``embed_dim`` or ``dim``) divisible by
+    it, ``num_heads`` by ``num_kv_heads``."""
+    hints = _hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value, key = getattr(cfg, f.name), f"{where}{f.name}"
+        hint = hints.get(f.name, Any)
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            validate_config(value, f"{key}.")
+            continue
+        if not _matches(value, hint):
+            raise ValueError(f"{key}={value!r} is invalid: expected {_type_name(hint)} "
+                             f"({type(cfg).__name__}.{f.name})")
+        for v in (value if isinstance(value, (tuple, list)) else (value,)):
+            problem = _number_problem(f.name, v, _declares_float(hint))
+            if problem:
+                shown = f"{value!r}" if v is value else f"{list(value)!r} (the entry {v!r})"
+                raise ValueError(f"{key}={shown} is invalid: it {problem} ({type(cfg).__name__}.{f.name})")
+    heads = getattr(cfg, "num_heads", None)
+    width_name = next((n for n in ("embed_dim", "dim") if isinstance(getattr(cfg, n, None), int)), None)
+    if isinstance(heads, int) and heads >= 1 and width_name is not None and getattr(cfg, width_name) % heads:
+        raise ValueError(f"{where}{width_name}={getattr(cfg, width_name)} is not divisible by "
+                         f"{where}num_heads={heads}: each head gets {width_name} / num_heads channels")
+    kv = getattr(cfg, "num_kv_heads", None)
+    if isinstance(heads, int) and isinstance(kv, int) and kv >= 1 and heads % kv:
+        raise ValueError(f"{where}num_heads={heads} is not divisible by {where}num_kv_heads={kv} (grouped-query "
+                         f"attention shares each key/value head among num_heads / num_kv_heads query heads)")
+
+
 def build_model(cfg: Any) -> nn.Module:
-    """Instantiate the architecture a config belongs to."""
+    """Instantiate the architecture a config belongs to (validated first, see :func:`validate_config`)."""
     _, model_cls = _ARCHS[arch_of_config(cfg)]
+    validate_config(cfg)
     model = model_cls(cfg)
     return model
 
