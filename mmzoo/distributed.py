@@ -107,7 +107,8 @@ def read_sharded_metadata(folder: Union[str, Path]) -> Any:
 
 
 def _safe_dcp_reader_planner(folder: Path):
-    """A FileSystemReader reading ``.metadata`` through :func:`read_sharded_metadata`, and a planner
+    """A FileSystemReader handing out the ``.metadata`` read (first, outside torch's loader, whose error
+    handling would hide the reason) by :func:`read_sharded_metadata`, and a planner
     loading the non-tensor entries with ``torch.load(weights_only=True)`` (torch's default planner uses
     ``weights_only=False`` for them, which runs a payload stored in a ``.distcp`` file)."""
     from torch.distributed.checkpoint import FileSystemReader
@@ -115,9 +116,11 @@ def _safe_dcp_reader_planner(folder: Path):
     from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
     from torch.distributed.checkpoint.metadata import StorageMeta
 
+    metadata = read_sharded_metadata(folder)
+
     class Reader(FileSystemReader):
         def read_metadata(self, *args: Any, **kwargs: Any) -> Any:
-            md = read_sharded_metadata(folder)
+            md = metadata
             if getattr(md, "storage_meta", None) is None:
                 md.storage_meta = StorageMeta()
             md.storage_meta.load_id = self.load_id
@@ -156,8 +159,25 @@ def check_sharded_checkpoint(folder: Union[str, Path]) -> None:
     planner.flatten_state_dict, planner.state_dict = False, {}  # no set_up_planner: tensors stay unallocated
     items = [r for fqn, item in md.state_dict_metadata.items() if isinstance(item, BytesStorageMetadata)
              for r in _create_read_items(fqn, item, None)]
-    reader.read_data(LoadPlan(items), planner).wait()
+    with _unwrapped():
+        reader.read_data(LoadPlan(items), planner).wait()
     _load_lightning_meta(folder)
+
+
+class _unwrapped:
+    """Re-raise the first error inside torch's ``CheckpointException`` (a ``BaseException`` that prints
+    a rank-by-rank traceback dump) as itself."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+        from torch.distributed.checkpoint.api import CheckpointException
+
+        if isinstance(exc, CheckpointException) and exc.failures:
+            first, _ = next(iter(exc.failures.values()))
+            raise first
+        return False
 
 
 def _load_lightning_meta(folder: Path) -> dict[str, Any]:
@@ -194,7 +214,8 @@ def consolidate_checkpoint(sharded: Union[str, Path], output: Union[str, Path]) 
                                 "DIR/checkpoints/*.ckpt as directories); a file checkpoint needs no conversion")
     reader, planner = _safe_dcp_reader_planner(sharded)
     checkpoint: dict[str, Any] = {}
-    _load_state_dict(checkpoint, storage_reader=reader, planner=planner, no_dist=True)
+    with _unwrapped():
+        _load_state_dict(checkpoint, storage_reader=reader, planner=planner, no_dist=True)
     checkpoint.update(_load_lightning_meta(sharded))  # what Fabric keeps apart from weights and optimizers
     checkpoint = _format_checkpoint(checkpoint)
     output.parent.mkdir(parents=True, exist_ok=True)

@@ -62,6 +62,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    # a template file is checked before anything is loaded: its errors name the file and line
+    templates = load_templates(cfg.templates) if cfg.templates is not None else None
     model = _load_model(cfg).to(device).eval()
     if not hasattr(model, "encode_text"):
         raise ValueError(f"{getattr(model, 'model_name', type(model).__name__)} has no text tower; zero-shot "
@@ -75,9 +77,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         tokenizer = get_tokenizer(cfg.tokenizer)
     else:
         tokenizer = getattr(dm, "tokenizer", None) or get_tokenizer("clip")
-    if cfg.templates is not None:
-        templates = load_templates(cfg.templates)  # errors name the file and line
-    else:
+    if templates is None:
         templates = check_templates(getattr(dm, "zeroshot_templates", None) or DEFAULT_TEMPLATES,
                                     f"the zero-shot templates of {type(dm).__name__}")
     if hasattr(dm, "zeroshot_dataloader"):
@@ -116,7 +116,12 @@ def preset_alias(argv: Sequence[str]) -> list[str]:
     return [f"model_name={a[len('model='):]}" if a.startswith("model=") else a for a in argv]
 
 
-@hydra.main(version_base="1.3", config_path="../configs", config_name="zeroshot")
+# an absolute path: Hydra resolves a relative one from the calling module, which differs between
+# `python -m mmzoo.zeroshot`, the `mmzoo-zeroshot` console script and a call from Python
+_CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "configs")
+
+
+@hydra.main(version_base="1.3", config_path=_CONFIG_DIR, config_name="zeroshot")
 def _hydra_main(cfg: DictConfig) -> None:
     run(cfg)
 
