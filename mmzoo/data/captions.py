@@ -629,30 +629,40 @@ def index_shard(path: str, caption_lines: bool = False
                          f"by byte offset, so compressed (.tar.gz) shards are not supported") from e
     samples: dict[str, dict[str, tarfile.TarInfo]] = {}
     records, bad, multiline = [], [], 0
+    damaged: set[str] = set()  # sample keys with a member cut short (reported once, as that member)
     with tar:
-        last = "the start"
+        last, error = "the start", None
         try:
             for m in tar:
                 last = repr(m.name)
                 if not m.isfile():
                     continue
+                folder, base = posixpath.split(m.name)
+                stem, dot, ext = base.partition(".")
+                key = posixpath.join(folder, stem)
                 if m.offset_data + m.size > size:  # the header claims more than the shard holds
                     bad.append((f"{path}:{m.name}", f"member of {m.size} bytes cut short: the shard ends "
                                                     f"{m.offset_data + m.size - size} bytes early"))
+                    damaged.add(key)
                     continue
-                folder, base = posixpath.split(m.name)
-                stem, dot, ext = base.partition(".")
                 if not dot or not stem:  # no extension, or a hidden file
                     continue
-                samples.setdefault(posixpath.join(folder, stem), {})[ext.lower()] = m
+                samples.setdefault(key, {})[ext.lower()] = m
+            # tarfile ends quietly at a header cut short; a complete shard ends with zero blocks
+            with open(path, "rb") as f:
+                f.seek(tar.offset)
+                tail = f.read(2 * tarfile.BLOCKSIZE)
+            if len(tail) < 2 * tarfile.BLOCKSIZE or any(tail):
+                error = f"no end-of-archive blocks after member {last}: it was cut short or overwritten"
         except (tarfile.TarError, EOFError, OSError) as e:
-            bad.append((path, f"the shard is truncated or corrupt after member {last} ({type(e).__name__}: {e}); "
-                              f"the samples before it are kept"))
+            error = f"unreadable after member {last} ({type(e).__name__}: {e})"
+        if error and not damaged:
+            bad.append((path, f"the shard is truncated or corrupt: {error}; the samples before it are kept"))
         for key, files in samples.items():
             image = next((files[e] for e in WDS_IMAGE_EXTENSIONS if e in files), None)
             text = files.get(WDS_CAPTION_EXTENSION)
             if image is None or text is None:
-                if image is not None or text is not None:
+                if (image is not None or text is not None) and key not in damaged:
                     missing = f"no caption .{WDS_CAPTION_EXTENSION}" if text is None else \
                         f"no image ({', '.join('.' + e for e in WDS_IMAGE_EXTENSIONS)})"
                     bad.append((f"{path}:{key}", missing))
