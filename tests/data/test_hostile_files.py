@@ -397,3 +397,24 @@ def test_image_folder_corpus(sandbox):
     assert dm.num_skipped == 5 and _names(dm) == {"magic.png", "zero.png", "cut10.png", "cut50.png", "cut90.png"}
     with pytest.raises(UnreadableImageError, match=r"magic\.png"):  # the first whose header does not parse
         ImageFolderDataModule(root=root, image_size=8, strict=True).setup("fit")
+
+
+def test_a_training_run_finishes_over_bad_samples_and_reports_them(train_cfg, tmp_path):
+    """train.py on an image folder whose val / test images are cut short (found only when decoded): the
+    run finishes, and the end-of-stage summary names them."""
+    from mmzoo.training import train
+
+    root = tmp_path / "images"
+    big = io.BytesIO()
+    Image.effect_noise((32, 32), 40).convert("RGB").save(big, format="PNG")
+    for split, n in (("train", 4), ("val", 3), ("test", 3)):
+        for c in ("a", "b"):
+            (root / split / c).mkdir(parents=True)
+            for i in range(n):
+                (root / split / c / f"{i}.png").write_bytes(_png((60 * i, 90, 200 * (c == "a")), (32, 32)))
+        (root / split / "a" / "cut.png").write_bytes(big.getvalue()[: len(big.getvalue()) // 2])
+    cfg = train_cfg("model=vit", "data=image_folder", f"data.root={root}", "data.batch_size=8", "data.num_workers=0",
+                    "data.max_bad_fraction=0.2", "debug=fdr")
+    with pytest.warns(UserWarning, match=r"skipped samples that failed to load \(.*\): .*cut\.png"):
+        metrics = train(cfg)
+    assert metrics["global_step"] == 1 and 0.0 <= metrics["test/acc1"] <= 1.0
