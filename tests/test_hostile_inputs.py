@@ -8,9 +8,7 @@ Every payload would create a marker file when unpickled; each test asserts the m
 from __future__ import annotations
 
 import io
-import os
 import pickle
-import subprocess
 import sys
 import tarfile
 import zipfile

@@ -52,7 +52,6 @@ sets with an ``IterableDataset`` sharded by rank and worker is left for later.
 """
 from __future__ import annotations
 
-import csv
 import io
 import json
 import os

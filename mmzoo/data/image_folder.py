@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Optional, Sequence, Union
 
 from PIL import Image
-from torch.utils.data import Dataset
 
 from .bad_samples import DEFAULT_MAX_BAD_FRACTION, BadSampleError, BadSamples, SkippingDataset, check_fraction
 from .base import ImageClassificationDataModule, SeededTransformDataset
