@@ -194,7 +194,8 @@ class PointFileDataset(Dataset):
         num_points: points per cloud (fewer in a file: padded by repeating seeded random points).
         sampling: "fps" (farthest point sampling from the first point, as Point-BERT's ModelNet loader) or
             "random" (a seeded random subset).
-        seed, split: sample ``i`` of the listing draws its randomness from ``(seed, split, i)``.
+        seed: sample ``i`` of the listing draws its randomness from ``(seed, split, i)``.
+        split: sample ``i`` of the listing draws its randomness from ``(seed, split, i)``.
         strict: raise on a malformed file instead of skipping it.
         min_points: files with fewer points are malformed.
         mesh_points: surface samples drawn from a mesh before ``sampling`` reduces them.
@@ -308,7 +309,8 @@ class PointFilesDataModule(PointCloudDataModule):
         strict: raise on the first malformed file instead of skipping it.
         min_points: files with fewer points are malformed.
         mesh_points: surface samples drawn from each mesh before the reduction.
-        (others: see :class:`PointCloudDataModule`)
+
+    Other arguments: see :class:`PointCloudDataModule`.
     """
 
     def __init__(self, root: PathLike, batch_size: int = 32, num_workers: int = 0, seed: int = 0,
@@ -355,7 +357,8 @@ class ModelNet40DataModule(PointFilesDataModule):
 
     Args:
         format: "txt" or "off".
-        (others: see :class:`PointFilesDataModule`)
+
+    Other arguments: see :class:`PointFilesDataModule`.
     """
 
     FOLDERS = {"txt": "modelnet40_normal_resampled", "off": "ModelNet40"}
@@ -431,7 +434,8 @@ class PointFolderDataModule(PointFilesDataModule):
 
     Args:
         val_fraction: share of ``train`` held out when there is neither ``val`` nor ``test``.
-        (others: see :class:`PointFilesDataModule`)
+
+    Other arguments: see :class:`PointFilesDataModule`.
     """
 
     LAYOUT = "<root>/train/<class>/<file>, optional <root>/val/<class>/<file> and <root>/test/<class>/<file>"
