@@ -6,7 +6,7 @@ split. Printed per variant: test accuracy per question type and overall, paramet
 sample (``mmzoo.flops.flop_counter``, one batch), and the median wall time of a training
 step (forward, backward, AdamW step on one batch, after warm-up). Usage::
 
-    python benchmarks/fusion_variants.py --jobs 2              # the README table (CPU, minutes per variant)
+    python benchmarks/fusion_variants.py --jobs 2              # the table of docs/models/fusion.md (CPU, minutes per variant)
     python benchmarks/fusion_variants.py --epochs 1 --num-train 2000 --variants early_sum text_only
 """
 from __future__ import annotations

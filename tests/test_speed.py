@@ -58,7 +58,7 @@ TINY: dict[str, tuple[str, Callable[[torch.nn.Module], tuple[torch.Tensor, ...]]
     "timesformer": ("timesformer_tiny_divided", _clips),
     "point_bert": ("point_bert_tiny", lambda m: (torch.randn(2, 512, 3),)),
     # GPT-style; T5's relative position bias is a learned additive bias, which SDPA's flash kernel cannot
-    # take (it runs the math kernel on CPU and the memory-efficient kernel on GPU; see the README)
+    # take (it runs the math kernel on CPU and the memory-efficient kernel on GPU; see docs/scaling.md)
     "transformer_lm": ("gpt_nano", _lm_tokens),
     "fusion": ("fusion_tiny", _image_question),
 }

@@ -222,13 +222,16 @@ class SynthSpeechDataModule(AudioDataModule):
     """Built-in procedural speech (:mod:`mmzoo.data.synth_speech`), generated on the fly.
 
     Args:
-        batch_size, num_workers, seed, pin_memory, eval_batch_size: see :class:`BaseDataModule`.
         target: "label" (word classification; -1 for random strings, fine for pretraining) or
             "transcript" (CTC over unit letters).
         vocabulary: "lexicon" (10 words) or "random" (strings of 2-5 units).
-        num_train, num_val, num_test: split lengths.
+        num_train: split lengths.
+        num_val: split lengths.
+        num_test: split lengths.
         labels_per_class: keep only this many training clips per word (few-label fine-tuning).
         clip_seconds: clip duration (>= 0.8).
+
+    ``batch_size``, ``num_workers``, ``seed``, ``pin_memory``, ``eval_batch_size``: see :class:`BaseDataModule`.
     """
 
     def __init__(self, batch_size: int = 32, num_workers: int = 0, seed: int = 0, pin_memory: bool = False,

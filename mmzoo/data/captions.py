@@ -209,11 +209,11 @@ class CaptionsDataModule(TextDataMixin, BaseDataModule):
         caption list[str]
 
     Args:
-        batch_size, num_workers, seed, pin_memory, eval_batch_size: see :class:`BaseDataModule`.
         image_size: side S fed to the model.
         tokenizer: "clip" or a path to a ByteBPETokenizer .json (see :func:`get_tokenizer`).
         context_length: token sequence length (longer captions are cut, ending with EOT).
-        mean, std: normalisation (default: CLIP's).
+        mean: normalisation mean per channel (default: CLIP's).
+        std: normalisation std per channel (default: CLIP's).
         augment: random resized crop for training (off: evaluation preprocessing).
         crop_scale: area range of the training crop (open_clip: (0.9, 1.0)).
         val_fraction: share of the training images held out for validation when there is no
@@ -229,6 +229,8 @@ class CaptionsDataModule(TextDataMixin, BaseDataModule):
         zeroshot_templates: prompts for zero-shot evaluation of labelled data ("a photo of a {}");
             None: the task's defaults.
         max_bad_fraction: fail when more than this share of a split's samples is bad.
+
+    ``batch_size``, ``num_workers``, ``seed``, ``pin_memory``, ``eval_batch_size``: see :class:`BaseDataModule`.
     """
 
     in_chans = 3
@@ -500,9 +502,10 @@ class CsvCaptionsDataModule(CaptionsDataModule):
 
     Args:
         train_file: table of the training pairs (and of val/test when those are held out by fraction).
-        val_file, test_file: tables of the validation / test pairs (optional).
-        img_key, caption_key: column names of the image path and the caption (open_clip's
-            ``--csv-img-key`` / ``--csv-caption-key``).
+        val_file: table of the validation pairs (optional).
+        test_file: table of the test pairs (optional).
+        img_key: column name of the image path (open_clip's ``--csv-img-key``).
+        caption_key: column name of the caption (open_clip's ``--csv-caption-key``).
         label_key: optional class column (an ImageFolder turned into captions by
             ``data_scripts/prepare_captions.py labelled``): gives ``class_names`` (sorted) and
             :meth:`zeroshot_dataloader`, and stratifies held-out splits.
@@ -698,7 +701,8 @@ class WebDatasetCaptionsDataModule(CaptionsDataModule):
     Args:
         shards: training shards: a brace pattern (``"data/shard-{000000..000009}.tar"``) or a list of
             paths / patterns.
-        val_shards, test_shards: shards of the validation / test pairs (optional).
+        val_shards: shards of the validation pairs (optional).
+        test_shards: shards of the test pairs (optional).
         caption_lines: each non-empty line of a ``.txt`` is one caption of the image (shards written by
             ``data_scripts/prepare_captions.py`` from COCO / Flickr30k hold all captions of an image).
         **kwargs: options of :class:`CaptionsDataModule` (image_size, tokenizer, batch_size ...).
@@ -803,10 +807,12 @@ class CocoCaptionsDataModule(CaptionsDataModule):
     :meth:`retrieval_dataloader` give the 5-captions-per-image retrieval evaluation.
 
     Args:
-        train_annotations, train_images: training captions JSON and the folder of its ``file_name``s.
-        val_annotations, val_images: validation pair (optional; ``captions_val2017.json`` +
-            ``val2017/``).
-        test_annotations, test_images: test pair (optional, e.g. a Karpathy test split in COCO layout).
+        train_annotations: training captions JSON.
+        train_images: the folder of its ``file_name``s.
+        val_annotations: validation captions JSON (optional; ``captions_val2017.json``).
+        val_images: their image folder (``val2017/``).
+        test_annotations: test captions JSON (optional, e.g. a Karpathy test split in COCO layout).
+        test_images: their image folder.
         **kwargs: options of :class:`CaptionsDataModule` (image_size, tokenizer, batch_size ...).
     """
 

@@ -96,12 +96,13 @@ class CIFAR10DataModule(ImageClassificationDataModule):
     test is ``test_batch``. Training augmentation: zero-pad 4 + random 32 crop + horizontal flip.
 
     Args:
-        batch_size, num_workers, seed, pin_memory, eval_batch_size: see :class:`BaseDataModule`.
         root: folder containing ``cifar-10-batches-py/``, or that folder itself.
         val_size: training images held out for validation; clipped to half the training images for
             small stand-in files; 0: validate on the test split.
         image_size: side fed to the model (images are resized when it is not 32).
         augment: random crop + flip for training.
+
+    ``batch_size``, ``num_workers``, ``seed``, ``pin_memory``, ``eval_batch_size``: see :class:`BaseDataModule`.
     """
 
     def __init__(self, batch_size: int = 128, num_workers: int = 0, seed: int = 0, pin_memory: bool = False,

@@ -19,11 +19,12 @@ class DigitsDataModule(ImageClassificationDataModule):
     train/val/test split is stratified by class and a function of ``seed``.
 
     Args:
-        batch_size, num_workers, seed, pin_memory, eval_batch_size: see :class:`BaseDataModule`.
         image_size: output side.
         fractions: train/val/test fractions (sum to 1).
         augment: random shift of up to +-1 pixel of the original 8x8 grid (+-image_size/8 pixels) for
             training; uncovered pixels take the background value.
+
+    ``batch_size``, ``num_workers``, ``seed``, ``pin_memory``, ``eval_batch_size``: see :class:`BaseDataModule`.
     """
 
     def __init__(self, batch_size: int = 64, num_workers: int = 0, seed: int = 0, pin_memory: bool = False,

@@ -99,17 +99,19 @@ class ImageFolderDataModule(ImageClassificationDataModule):
     training uses a random resized crop (``crop_scale``) and a horizontal flip.
 
     Args:
-        batch_size, num_workers, seed, pin_memory, eval_batch_size: see :class:`BaseDataModule`.
         root: dataset folder.
         image_size: side fed to the model.
         in_chans: 3 (RGB) or 1 (grey).
         val_fraction: share of train held out when there is no ``val`` folder.
-        mean, std: normalisation (default: ImageNet's, averaged over RGB for one channel).
+        mean: normalisation mean per channel (default: ImageNet's, averaged over RGB for one channel).
+        std: normalisation std per channel (default: as ``mean``).
         augment: random crop + flip for training (off: evaluation preprocessing).
         crop_scale: area range of the random resized crop.
         strict: raise on an unreadable image instead of skipping it.
         check_files: parse every file's header at setup (see the module docstring).
         max_bad_fraction: fail when more than this share of a split's images is unreadable.
+
+    ``batch_size``, ``num_workers``, ``seed``, ``pin_memory``, ``eval_batch_size``: see :class:`BaseDataModule`.
     """
 
     def __init__(self, batch_size: int = 64, num_workers: int = 0, seed: int = 0, pin_memory: bool = False,

@@ -149,12 +149,15 @@ class MovingShapesDataModule(BaseDataModule):
     """Procedural clips whose class is a temporal pattern of motion (see the module docstring).
 
     Args:
-        batch_size, num_workers, seed, pin_memory, eval_batch_size: see :class:`BaseDataModule`.
-        num_train, num_val, num_test: split lengths.
+        num_train: split lengths.
+        num_val: split lengths.
+        num_test: split lengths.
         num_frames: frames per clip.
         image_size: frame side.
         motions: path kinds ("translate", "rotate", "scale").
         augment: random clip flips for training.
+
+    ``batch_size``, ``num_workers``, ``seed``, ``pin_memory``, ``eval_batch_size``: see :class:`BaseDataModule`.
     """
 
     def __init__(self, batch_size: int = 32, num_workers: int = 0, seed: int = 0, pin_memory: bool = False,

@@ -222,7 +222,8 @@ class PointFileDataset(Dataset):
         num_points: points per cloud (fewer in a file: padded by repeating seeded random points).
         sampling: "fps" (farthest point sampling from the first point, as Point-BERT's ModelNet loader) or
             "random" (a seeded random subset).
-        seed, split: sample ``i`` of the listing draws its randomness from ``(seed, split, i)``.
+        seed: sample ``i`` of the listing draws its randomness from ``(seed, split, i)``.
+        split: sample ``i`` of the listing draws its randomness from ``(seed, split, i)``.
         strict: raise on a malformed file instead of skipping it.
         min_points: files with fewer points are malformed.
         mesh_points: surface samples drawn from a mesh before ``sampling`` reduces them.
@@ -335,7 +336,8 @@ class PointFilesDataModule(PointCloudDataModule):
         min_points: files with fewer points are malformed.
         mesh_points: surface samples drawn from each mesh before the reduction.
         max_bad_fraction: fail when more than this share of a split's files is malformed.
-        (others: see :class:`PointCloudDataModule`)
+
+    Other arguments: see :class:`PointCloudDataModule`.
     """
 
     def __init__(self, root: PathLike, batch_size: int = 32, num_workers: int = 0, seed: int = 0,
@@ -386,7 +388,8 @@ class ModelNet40DataModule(PointFilesDataModule):
 
     Args:
         format: "txt" or "off".
-        (others: see :class:`PointFilesDataModule`)
+
+    Other arguments: see :class:`PointFilesDataModule`.
     """
 
     FOLDERS = {"txt": "modelnet40_normal_resampled", "off": "ModelNet40"}
@@ -462,7 +465,8 @@ class PointFolderDataModule(PointFilesDataModule):
 
     Args:
         val_fraction: share of ``train`` held out when there is neither ``val`` nor ``test``.
-        (others: see :class:`PointFilesDataModule`)
+
+    Other arguments: see :class:`PointFilesDataModule`.
     """
 
     LAYOUT = "<root>/train/<class>/<file>, optional <root>/val/<class>/<file> and <root>/test/<class>/<file>"

@@ -240,13 +240,14 @@ class PointCloudDataModule(BaseDataModule):
     Subclasses implement :meth:`build_splits` returning (train, val, test) datasets with a ``labels`` list.
 
     Args:
-        batch_size, num_workers, seed, pin_memory, eval_batch_size: see :class:`BaseDataModule`.
         num_points: points per cloud.
         augment: random scale / shift (and ``rotate``, ``jitter``) on the training split.
         rotate: training rotation, "none", "y" or "so3" (see :class:`PointAugment`).
         jitter: training point jitter std.
         labels_per_class: keep only this many labelled training samples per class (None: all); the
             whole training split stays available to self-supervised stages as ``unlabeled_set``.
+
+    ``batch_size``, ``num_workers``, ``seed``, ``pin_memory``, ``eval_batch_size``: see :class:`BaseDataModule`.
     """
 
     class_names: Sequence[str] = ()
@@ -296,10 +297,13 @@ class ProceduralShapesDataModule(PointCloudDataModule):
     rotation, anisotropic scale, noise and occasional planar cuts; generated from ``seed``, no files.
 
     Args:
-        num_train, num_val, num_test: split lengths.
+        num_train: split lengths.
+        num_val: split lengths.
+        num_test: split lengths.
         noise: std of the Gaussian point noise.
         cut_prob: probability of a planar cut.
-        (others: see :class:`PointCloudDataModule`)
+
+    Other arguments: see :class:`PointCloudDataModule`.
     """
 
     def __init__(self, batch_size: int = 32, num_workers: int = 0, seed: int = 0, pin_memory: bool = False,

@@ -163,11 +163,14 @@ class ShapesDataModule(ImageClassificationDataModule):
     """Procedural coloured shapes (8 classes, see ``CLASS_NAMES``), generated in memory from ``seed``.
 
     Args:
-        batch_size, num_workers, seed, pin_memory, eval_batch_size: see :class:`BaseDataModule`.
-        num_train, num_val, num_test: split lengths.
+        num_train: split lengths.
+        num_val: split lengths.
+        num_test: split lengths.
         image_size: image side (3 channels).
         augment: random horizontal/vertical flips for training (a flip never changes the class).
         cache: render each split once at ``setup`` (fast) instead of per sample (see :class:`ShapesDataset`).
+
+    ``batch_size``, ``num_workers``, ``seed``, ``pin_memory``, ``eval_batch_size``: see :class:`BaseDataModule`.
     """
 
     def __init__(self, batch_size: int = 64, num_workers: int = 0, seed: int = 0, pin_memory: bool = False,

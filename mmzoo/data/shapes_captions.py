@@ -384,9 +384,10 @@ class ShapesCaptionsDataModule(TextDataMixin, BaseDataModule):
     call, ~7 ms one by one); a loader with ``num_workers=0`` serves ~18k samples/s on one CPU thread.
 
     Args:
-        batch_size, num_workers, seed, pin_memory, eval_batch_size: see :class:`BaseDataModule`.
         image_size: image side (3 channels). At 48 a small object is ~8 px wide, a large one ~14 px.
-        num_train, num_val, num_test: split lengths.
+        num_train: split lengths.
+        num_val: split lengths.
+        num_test: split lengths.
         num_zeroshot: length of each zero-shot split (balanced: a multiple of 48 gives equal classes).
         max_objects: objects per scene are uniform in 1..max_objects.
         tokenizer: "clip", "bpe" (a BPE trained on the training captions, :func:`captions_bpe`) or a
@@ -394,6 +395,8 @@ class ShapesCaptionsDataModule(TextDataMixin, BaseDataModule):
         context_length: token sequence length (captions of up to 3 objects take at most 31 CLIP tokens
             with SOT and EOT; longer ones are cut, ending with EOT).
         cache: render each split once at ``setup`` instead of per sample.
+
+    ``batch_size``, ``num_workers``, ``seed``, ``pin_memory``, ``eval_batch_size``: see :class:`BaseDataModule`.
     """
 
     in_chans = 3

@@ -191,14 +191,17 @@ class ShapesVQADataModule(TextDataMixin, BaseDataModule):
     No augmentation: a flip would change the answers of position questions.
 
     Args:
-        batch_size, num_workers, seed, pin_memory, eval_batch_size: see :class:`BaseDataModule`.
         image_size: image side (3 channels). At 32 a small object is ~5 px wide, a large one ~9 px.
-        num_train, num_val, num_test: split lengths.
+        num_train: split lengths.
+        num_val: split lengths.
+        num_test: split lengths.
         shapes: shape names used by scenes and questions (default: 4 shapes distinct at 32 px).
         max_distractors: objects besides those a question is about (0..max).
         tokenizer: "bpe" (:func:`questions_bpe`), "clip", or a ByteBPETokenizer .json path.
         context_length: token row length (the longest question takes 16 BPE ids with SOT and EOT).
         cache: render each split once at ``setup`` instead of per sample.
+
+    ``batch_size``, ``num_workers``, ``seed``, ``pin_memory``, ``eval_batch_size``: see :class:`BaseDataModule`.
     """
 
     in_chans = 3

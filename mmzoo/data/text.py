@@ -148,14 +148,16 @@ class TextCorpusDataModule(BaseDataModule):
             pad, mask, ``num_sentinels`` T5 sentinels, SOT, EOT).
         tokenizer: an existing ByteBPETokenizer ``.json`` instead (must hold the special tokens above).
         num_sentinels: span-corruption sentinels in the vocabulary.
-        val_percent, test_percent: share of documents (by name hash) held out.
+        val_percent: share of documents (by name hash) held out for validation.
+        test_percent: share of documents (by name hash) held out for testing.
         max_documents: use only the first documents (quick runs, tests).
         chunk_chars: text files are cut into documents of about this many characters.
         strict: raise on an unreadable file instead of skipping it.
         max_bad_fraction: fail when more than this share of the files is unreadable.
         cache_dir: where BPE files and token arrays are cached (default ``$MMZOO_CACHE/text`` or
             ``~/.cache/mmzoo/text``).
-        batch_size, num_workers, seed, pin_memory, eval_batch_size: see :class:`BaseDataModule`.
+
+    ``batch_size``, ``num_workers``, ``seed``, ``pin_memory``, ``eval_batch_size``: see :class:`BaseDataModule`.
     """
 
     def __init__(self, root: Optional[str] = None, pattern: str = "*.txt", context_length: int = 128,

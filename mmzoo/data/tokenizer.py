@@ -451,8 +451,9 @@ class ByteBPETokenizer(Tokenizer):
         special_tokens: appended after the merges. The default order (pad, SOT, EOT) gives EOT the
             largest id, like CLIP, so ``argmax`` pooling over the ids finds it.
         pattern: pre-tokenizer name (only "gpt2" so far; stored in the file for later ones).
-        sot_token / eot_token / pad_token: which special tokens play these roles (must be in
-            ``special_tokens``); ``pad_token=None`` pads with id 0 like CLIP.
+        sot_token: the start-of-text token (must be in ``special_tokens``).
+        eot_token: the end-of-text token (must be in ``special_tokens``).
+        pad_token: the padding token (must be in ``special_tokens``); None pads with id 0 like CLIP.
         context_length: default row length of ``__call__``.
     """
 

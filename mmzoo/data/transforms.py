@@ -28,7 +28,8 @@ def build_train_transform(image_size: int, mean: Sequence[float], std: Sequence[
 
     Args:
         image_size: output side.
-        mean, std: per-channel normalisation (len = channels).
+        mean: per-channel normalisation mean (len = channels).
+        std: per-channel normalisation std (len = channels).
         crop: ``"resized"`` (RandomResizedCrop with ``scale``, for arbitrary-size photos) or ``"pad"``
             (zero-pad by ``padding`` then RandomCrop, the CIFAR recipe; resizes first when the input is
             not already ``image_size``).

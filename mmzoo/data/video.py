@@ -135,12 +135,14 @@ class VideoClipDataset(SkippingDataset):
 
     Args:
         samples: (path, label) pairs.
-        num_frames, sampling_rate: clip length and frame stride.
+        num_frames: frames per clip.
+        sampling_rate: stride between the frames of a clip.
         train: one random clip/crop (``(C, T, S, S)``) instead of the multi-view evaluation
             (``(V, C, T, S, S)`` with ``V = eval_clips * eval_crops``).
         crop_size: side S of the crops.
         train_scale: short-side range of the random resize before the training crop.
-        eval_clips, eval_crops: evaluation views.
+        eval_clips: evaluation clips per video.
+        eval_crops: evaluation crops per clip.
         strict: raise on an unreadable / too-short video instead of skipping it (without ``bad``).
         bad: the split's :class:`~mmzoo.data.bad_samples.BadSamples` (strictness, cap, counts).
     """
@@ -257,15 +259,21 @@ class VideoDataModule(BaseDataModule):
 
     Args:
         root: ``ROOT/{train,val,test}/<class>/<video>``; ignored for splits given as lists.
-        train_list, val_list, test_list: ``path,label`` CSV files.
-        num_frames, sampling_rate: clip length and stride (TimeSformer on Kinetics: 8 frames every 32).
-        crop_size, train_scale: training crop side and short-side range of the random resize.
-        eval_clips, eval_crops: test views (the paper: 1 clip x 3 crops for TimeSformer, 10 x 3 for
+        train_list: ``path,label`` CSV file of the training videos.
+        val_list: the same for validation.
+        test_list: the same for testing.
+        num_frames: frames per clip (TimeSformer on Kinetics: 8).
+        sampling_rate: stride between frames (TimeSformer on Kinetics: 32).
+        crop_size: side of the crops.
+        train_scale: short-side range of the random resize before the training crop.
+        eval_clips: test clips per video (the paper: 1 clip x 3 crops for TimeSformer, 10 x 3 for
             others); validation uses ``val_clips`` x 1 centre crop to stay cheap.
+        eval_crops: test crops per clip.
         val_clips: clips per validation video.
         strict: raise on unreadable / too-short videos instead of skipping and counting them.
         max_bad_fraction: fail when more than this share of a split's videos (or list rows) is bad.
-        batch_size, num_workers, seed, pin_memory, eval_batch_size: see :class:`BaseDataModule`.
+
+    ``batch_size``, ``num_workers``, ``seed``, ``pin_memory``, ``eval_batch_size``: see :class:`BaseDataModule`.
     """
 
     def __init__(self, root: Optional[str] = None, train_list: Optional[str] = None, val_list: Optional[str] = None,

@@ -143,7 +143,9 @@ class Transformer(nn.Module):
     Stochastic depth rises linearly from 0 to ``drop_path_rate`` over the depth (timm / DeiT).
 
     Args:
-        dim, depth, num_heads: width, number of blocks, heads.
+        dim: width.
+        depth: number of blocks.
+        num_heads: attention heads.
         causal: every block attends causally (decoder).
         drop_path_rate: stochastic depth of the last block.
         block_fn: block class; remaining keyword arguments go to it.

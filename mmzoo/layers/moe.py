@@ -31,11 +31,12 @@ class MoE(nn.Module):
     routed to expert e (before dropping), P_e its mean router probability; 1.0 when balanced.
 
     Args:
-        in_features, hidden_features, out_features, act_layer, bias, drop: as :class:`Mlp`, per expert.
         num_experts: experts.
         top_k: experts per token.
         capacity_factor: capacity slack; ``<= 0`` = unlimited (no dropping).
         expert_layer: feed-forward class of each expert (``Mlp``, ``SwiGLU`` ...).
+
+    ``in_features``, ``hidden_features``, ``out_features``, ``act_layer``, ``bias``, ``drop``: as :class:`Mlp`, per expert.
     """
 
     def __init__(

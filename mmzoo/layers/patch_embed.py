@@ -23,8 +23,8 @@ class PatchEmbed(nn.Module):
         dynamic_img_size: accept any size divisible by the patch (the caller resamples positions).
     """
 
-    def __init__(self, img_size=224, patch_size=16, in_chans: int = 3, embed_dim: int = 768,
-                 bias: bool = True, dynamic_img_size: bool = False) -> None:
+    def __init__(self, img_size: Union[int, Sequence[int]] = 224, patch_size: Union[int, Sequence[int]] = 16,
+                 in_chans: int = 3, embed_dim: int = 768, bias: bool = True, dynamic_img_size: bool = False) -> None:
         super().__init__()
         self.img_size = _pair(img_size)
         self.patch_size = _pair(patch_size)

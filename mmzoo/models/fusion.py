@@ -28,7 +28,7 @@ pairs (audio, video or point-cloud encoders plug in there).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -106,7 +106,7 @@ class CoAttentionLayer(nn.Module):
         **block_kwargs: arguments of each stream's :class:`Block`.
     """
 
-    def __init__(self, num_streams: int, drop_path: float = 0.0, **block_kwargs) -> None:
+    def __init__(self, num_streams: int, drop_path: float = 0.0, **block_kwargs: Any) -> None:
         super().__init__()
         self.grad_checkpointing = False  # activation checkpointing of every stream's block
         self.blocks = nn.ModuleList([Block(cross_attn=True, drop_path=drop_path, **block_kwargs)

@@ -100,9 +100,11 @@ def speculative_greedy(target: Callable[[torch.Tensor], torch.Tensor], target_cr
     token when everything was accepted); both caches are cropped back to the committed tokens.
 
     Args:
-        target, draft: ``forward(new_tokens (1, T)) -> logits (1, T, V)`` of every new position,
+        target: ``forward(new_tokens (1, T)) -> logits (1, T, V)`` of every new position,
             appending to the model's KV cache (which starts empty).
-        target_crop, draft_crop: ``crop(length)`` keeps the first ``length`` cached positions.
+        target_crop: ``crop(length)`` keeps the first ``length`` positions of the target's cache.
+        draft: the draft model's ``forward``, as ``target``.
+        draft_crop: ``crop(length)`` of the draft's cache.
         prompt: (1, P) token ids, P >= 1 (one sequence: acceptance differs between rows).
         stop_token_ids: the output ends after the first of these.
     Returns:

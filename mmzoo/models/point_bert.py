@@ -319,9 +319,9 @@ def point_bert_dvae_tiny() -> PointDVAEConfig:
     """A CPU-sized tokenizer for 512-point clouds: 32 x 32 patches, 512 tokens."""
     # 32 points per patch as released: the folding decoder rebuilds 8 coarse points x 4, and every point
     # lies in about two patches (64 x 32 of 1024 points there). 16-point patches (coarse 4 x 4) rebuilt to
-    # only x0.61 of the initial Chamfer-L1 (README, Point-BERT)
+    # only x0.61 of the initial Chamfer-L1 (docs/models/point_bert.md)
     # no GroupNorm in the decoder-side DGCNN: with it, this size's reconstructions collapsed onto the patch
-    # centres within its CPU budget (benchmarks/point_bert_dvae_ablation.py, README)
+    # centres within its CPU budget (benchmarks/point_bert_dvae_ablation.py, docs/models/point_bert.md)
     return PointDVAEConfig(num_groups=32, group_size=32, encoder_dim=64, pointnet_hidden=(32, 64),
                            pointnet_hidden2=128, num_tokens=512, tokens_dim=64, decoder_dim=64,
                            dgcnn_dims=(32, 64, 64, 128), decoder_hidden=128, fold_hidden=64,

@@ -147,12 +147,17 @@ class SpaceTimeBlock(Block):
     ``temporal_fc`` starts at zero, so a block built from an image ViT is that ViT's block at first.
 
     Args:
-        dim, num_heads, mlp_ratio, qkv_bias: as :class:`mmzoo.layers.Block`.
         attention: the scheme (see :data:`SCHEMES`).
-        local_size, global_stride: L+G window (patches) and stride.
-        proj_drop, attn_drop, drop_path: dropouts.
-        act_layer, norm_layer: MLP activation and norm classes.
+        local_size: L+G local window (patches).
+        global_stride: L+G stride of the global lattice.
+        proj_drop: dropout after the projections.
+        attn_drop: attention-probability dropout.
+        drop_path: stochastic depth.
+        act_layer: MLP activation class.
+        norm_layer: norm class.
         fused_attn: force the attention path (None = global default).
+
+    ``dim``, ``num_heads``, ``mlp_ratio``, ``qkv_bias``: as :class:`mmzoo.layers.Block`.
     """
 
     def __init__(self, dim: int, num_heads: int, attention: str, mlp_ratio: float = 4.0, qkv_bias: bool = True,

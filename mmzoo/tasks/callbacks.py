@@ -26,6 +26,7 @@ class LogSamplePredictions(L.Callback):
 
     def __init__(self, max_samples: int = 16) -> None:
         self.max_samples = max_samples
+        self._warned = False
 
     @rank_zero_only
     def on_validation_epoch_end(self, trainer: L.Trainer, task: L.LightningModule) -> None:
@@ -33,6 +34,13 @@ class LogSamplePredictions(L.Callback):
         if samples is None or trainer.sanity_checking:
             return
         images, targets, preds = (t[: self.max_samples] for t in samples)
+        if images.dim() != 4:
+            # e.g. point clouds (B, N, 3) of a point classifier: not images (LogPointClouds logs clouds)
+            if not self._warned:
+                log.warning("LogSamplePredictions logs images (B, C, H, W); the task's val_samples have shape %s, "
+                            "so no samples are logged (set callbacks.sample_predictions=null)", tuple(images.shape))
+                self._warned = True
+            return
         names = getattr(task, "class_names", None) or [str(i) for i in range(int(targets.max()) + 1)]
         images = to_display(images)
         for logger in trainer.loggers:

@@ -107,7 +107,8 @@ class LanguageModelingTask(BaseTask):
         model: the language model.
         objective: "causal", "masked", "span", or None (from the model's kind).
         mask_prob: masked LM: share of selected positions.
-        noise_density, mean_span_length: span corruption.
+        noise_density: span corruption: share of tokens corrupted.
+        mean_span_length: span corruption: mean length of a corrupted span.
         num_generated_tokens: causal LM: tokens of the greedy sample printed at every evaluation.
         **kwargs: options of :class:`BaseTask`.
     """

@@ -187,7 +187,7 @@ class PointDVAETask(BaseTask):
         noise_ramp: fraction of the anneal over which the Gumbel noise grows from 0 to its full scale
             (0: full noise from the first step, Point-BERT's recipe). Small tokenizers need it: under full
             noise their O(1) logits decide almost no sample, the decoder learns one mean patch and the
-            tokens stay uninformative (README, Point-BERT).
+            tokens stay uninformative (docs/models/point_bert.md).
         **kwargs: optimisation options of :class:`BaseTask`.
     """
 
@@ -262,8 +262,10 @@ class PointBERTPretrainTask(BaseTask):
         model: a :class:`PointBERT` (``num_classes=0``: its head is not used here).
         dvae_checkpoint: the trained tokenizer (``model=point_bert_dvae`` run); None trains
             ``tokenizer_model`` for ``tokenizer_steps`` steps first (logged) and saves it in the run.
-        tokenizer_model, tokenizer_steps, tokenizer_lr, tokenizer_noise_ramp: that fallback tokenizer
-            (``noise_ramp`` of :class:`PointDVAETask`).
+        tokenizer_model: preset of that fallback tokenizer.
+        tokenizer_steps: its training steps.
+        tokenizer_lr: its learning rate.
+        tokenizer_noise_ramp: its ``noise_ramp`` (see :class:`PointDVAETask`).
         mask_ratio: range of the block-masking ratio, drawn per cloud.
         moco_weight: weight of the contrastive term (0 = off).
         moco_momentum: EMA momentum of the key encoder.
@@ -376,15 +378,18 @@ class PointClassificationTask(ClassificationTask):
 
     Args:
         model: a point-cloud classifier mapping (B, N, 3) to logits.
-        num_classes, label_smoothing, class_names: see :class:`ClassificationTask`.
         vote_num: test-time voting: average the softmax of this many randomly scaled and shifted copies
             of each test cloud (Point-BERT votes 10 times; 1 = off).
-        vote_scale, vote_shift: the voting augmentation (as Point-BERT's ScaleAndTranslate).
+        vote_scale: scale range of the voting augmentation (as Point-BERT's ScaleAndTranslate).
+        vote_shift: largest shift of the voting augmentation.
         pretrain_steps: masked point modeling steps before fine-tuning (0 = none).
-        pretrain_lr, mask_ratio: that stage's learning rate and masking range.
-        dvae_checkpoint, tokenizer_model, tokenizer_steps, tokenizer_lr, tokenizer_noise_ramp: its tokenizer (see
-            :class:`PointBERTPretrainTask`).
+        pretrain_lr: that stage's learning rate.
+        mask_ratio: that stage's masking range.
         **kwargs: optimisation options of :class:`BaseTask`.
+
+    ``num_classes``, ``label_smoothing``, ``class_names``: see :class:`ClassificationTask`.
+    ``dvae_checkpoint``, ``tokenizer_model``, ``tokenizer_steps``, ``tokenizer_lr``, ``tokenizer_noise_ramp``:
+    the tokenizer of that stage (see :class:`PointBERTPretrainTask`).
     """
 
     def __init__(self, model: nn.Module, num_classes: int, label_smoothing: float = 0.0,

@@ -73,12 +73,14 @@ class VideoClassificationTask(ClassificationTask):
 
     Args:
         model: a video classifier mapping clips (B, C, T, H, W) to logits.
-        num_classes, label_smoothing, class_names: see :class:`ClassificationTask`.
         image_pretrain_steps: image-ViT steps on ``shapes`` before fitting a TimeSformer built from nothing
             (0 = off: train the video model from its own init).
-        image_pretrain_lr, image_pretrain_batch_size, image_pretrain_num_train: that stage's AdamW learning
-            rate, batch size and number of distinct training images.
+        image_pretrain_lr: that stage's AdamW learning rate.
+        image_pretrain_batch_size: its batch size.
+        image_pretrain_num_train: its number of distinct training images.
         **kwargs: optimisation options of :class:`BaseTask`.
+
+    ``num_classes``, ``label_smoothing``, ``class_names``: see :class:`ClassificationTask`.
     """
 
     def __init__(self, model: nn.Module, num_classes: int, label_smoothing: float = 0.0,

@@ -89,3 +89,23 @@ def test_tensorboard_gets_clip_frames(tmp_path):
     acc.Reload()
     image = acc.Images("val/sample_clips")[0]
     assert image.step == 5 and image.width >= 4 * 8  # one row of 4 frames per clip
+
+
+def test_sample_predictions_skip_samples_that_are_not_images(tmp_path, caplog):
+    """A point classifier's val_samples are clouds (B, N, 3): no image is logged (TensorBoard cannot draw
+    them), one warning says so, and the run goes on."""
+    logger = TensorBoardLogger(str(tmp_path), name="tb", version="")
+    trainer, task = _fake([logger])
+    task.val_samples = (torch.randn(4, 64, 3), *task.val_samples[1:])
+    callback = LogSamplePredictions()
+    with caplog.at_level("WARNING"):
+        callback.on_validation_epoch_end(trainer, task)
+        callback.on_validation_epoch_end(trainer, task)
+    assert [r.getMessage() for r in caplog.records].count(caplog.records[0].getMessage()) == 1
+    assert "(4, 64, 3)" in caplog.records[0].getMessage()
+    logger.experiment.flush()
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
+    acc.Reload()
+    assert "val/samples" not in acc.Tags()["images"]
