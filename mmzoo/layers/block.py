@@ -39,6 +39,8 @@ class Block(nn.Module):
         post_norm: post-norm residuals instead of pre-norm.
         rope: rotary embedding shared by the self-attention.
         fused_attn: force the attention path (None = global default).
+        self_attn: the self-attention sub-layer; False leaves cross-attention and feed-forward only (a
+            stream that attends to other streams but not within itself).
     """
 
     def __init__(
@@ -61,15 +63,21 @@ class Block(nn.Module):
         post_norm: bool = False,
         rope: Optional[RotaryEmbedding] = None,
         fused_attn: Optional[bool] = None,
+        self_attn: bool = True,
     ) -> None:
         super().__init__()
+        if not (self_attn or cross_attn):
+            raise ValueError("a Block needs self_attn or cross_attn")
         self.post_norm = post_norm
         attn_kw = dict(num_heads=num_heads, num_kv_heads=num_kv_heads, qkv_bias=qkv_bias, qk_norm=qk_norm,
                        attn_drop=attn_drop, proj_drop=proj_drop, norm_layer=norm_layer, fused_attn=fused_attn)
-        self.norm1 = norm_layer(dim)
-        self.attn = Attention(dim, rope=rope, **attn_kw)
-        self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
-        self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        if self_attn:
+            self.norm1 = norm_layer(dim)
+            self.attn = Attention(dim, rope=rope, **attn_kw)
+            self.ls1 = LayerScale(dim, init_values) if init_values else nn.Identity()
+            self.drop_path1 = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+        else:
+            self.attn = None
         if cross_attn:
             self.norm_cross = norm_layer(dim)
             self.cross_attn = Attention(dim, cross_attn=True, context_dim=context_dim, **attn_kw)
@@ -101,11 +109,12 @@ class Block(nn.Module):
     ) -> torch.Tensor:
         """x: (B, L, dim); context: (B, S, context_dim) for cross-attention; attn_bias: additive float bias
         of the self-attention (B or 1, H, L, S). Returns (B, L, dim)."""
-        x = self._residual(
-            x, self.norm1,
-            lambda h: self.attn(h, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
-                                is_causal=is_causal, kv_cache=kv_cache, attn_bias=attn_bias),
-            self.ls1, self.drop_path1)
+        if self.attn is not None:
+            x = self._residual(
+                x, self.norm1,
+                lambda h: self.attn(h, attn_mask=attn_mask, key_padding_mask=key_padding_mask,
+                                    is_causal=is_causal, kv_cache=kv_cache, attn_bias=attn_bias),
+                self.ls1, self.drop_path1)
         if self.cross_attn is not None:
             x = self._residual(
                 x, self.norm_cross,

@@ -96,10 +96,16 @@ def config_from_dict(arch: str, data: dict[str, Any]) -> Any:
 
 
 def _dict_to_dataclass(cls: type, data: dict[str, Any]) -> Any:
+    """A config class may name, in ``missing_field_defaults``, the value a field takes when a stored
+    config predates it (the behaviour older checkpoints were trained with); other missing fields take
+    the class default."""
     base = cls()
+    legacy = getattr(cls, "missing_field_defaults", {})
     kwargs = {}
     for f in dataclasses.fields(cls):
         if f.name not in data:
+            if f.name in legacy:
+                kwargs[f.name] = legacy[f.name]
             continue
         value = data[f.name]
         default = getattr(base, f.name)

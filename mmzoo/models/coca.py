@@ -1,19 +1,26 @@
 """CoCa (Yu et al. 2022, "CoCa: Contrastive Captioners are Image-Text Foundation Models").
 
-Image encoder (the zoo ViT, all tokens) -> attentional poolers, cascaded as in the paper (sec. 3.2): N
-caption queries attend to the image tokens, one contrastive query attends to the caption queries'
-output. The text decoder is split: unimodal layers (causal, no image) produce the text embedding from a
-CLS token; multimodal layers (causal + cross-attention to the caption queries) predict the next token.
+Image encoder (the zoo ViT, all tokens) -> two task-specific attentional poolers side by side, as in the
+paper's Algorithm 1 (sec. 3.2): ``con_feature = con_attn_pool(img_feature)`` with one query gives the
+contrastive image embedding, ``cap_feature = cap_attn_pool(img_feature)`` with N queries gives the tokens
+the captioning decoder cross-attends to; both read the image encoder's tokens (``pooler="parallel"``).
+``pooler="cascade"`` instead feeds the caption pooler's N outputs to the contrastive pooler (the
+contrastive query reads the caption queries, not the image tokens); it is kept for checkpoints written
+before the pooler mode was recorded, which all used it.
 
-The CLS token is inserted right after each sequence's end-of-text token, so under plain causal attention
-it sees exactly the real tokens (never the padding) and the unimodal layers keep ``is_causal`` (SDPA's
-flash kernel) instead of a dense per-sample mask; the text outputs up to EOT are unaffected by it.
+The text decoder is split: unimodal layers (causal, no image) produce the text embedding from a CLS
+token; multimodal layers (causal + cross-attention to the caption pooler's outputs) predict the next
+token. The CLS token is inserted right after each sequence's end-of-text token and gets the position
+embedding of that slot like every other token (the table has ``context_length + 1`` rows, room for a CLS
+after a full-length text). Under plain causal attention it sees exactly the real tokens (never the
+padding), so the unimodal layers keep ``is_causal`` (SDPA's flash kernel) instead of a dense per-sample
+mask, and the text outputs up to EOT are unaffected by it.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Optional
+from typing import Any, ClassVar, NamedTuple, Optional
 
 import torch
 import torch.nn as nn
@@ -25,6 +32,9 @@ from ._registry import register_arch, register_model
 from .clip import build_vision_tower, clip_vision_config
 from .text import TextConfig
 from .vit import ViTConfig, get_act_layer
+
+
+POOLERS = ("parallel", "cascade")
 
 
 def _coca_vision(**kwargs: Any) -> ViTConfig:
@@ -39,9 +49,16 @@ class CoCaConfig:
     multimodal_depth: int = 6  # causal decoder layers with cross-attention to the caption queries
     num_caption_queries: int = 256  # caption pooler queries (the paper's n_query = 256)
     pooler_heads: int = 8  # heads of the attentional poolers
+    pooler: str = "parallel"  # "parallel": both poolers read the image tokens (Algorithm 1); "cascade": the
+    #                           contrastive pooler reads the caption pooler's outputs (older checkpoints)
+    cls_pos_embed: bool = True  # the text CLS token gets its slot's position embedding (False: none, as older
+    #                             checkpoints were trained)
     tie_embeddings: bool = False  # LM head shares the token embedding matrix
     init_logit_scale: float = math.log(1 / 0.07)  # CLIP's temperature init
     max_logit_scale: float = math.log(100)  # clamp when used
+
+    # values a stored config without these fields was trained with (checkpoints before they existed)
+    missing_field_defaults: ClassVar[dict[str, Any]] = {"pooler": "cascade", "cls_pos_embed": False}
 
 
 class CoCaOutput(NamedTuple):
@@ -85,6 +102,8 @@ class CoCa(nn.Module):
 
     def __init__(self, cfg: CoCaConfig) -> None:
         super().__init__()
+        if cfg.pooler not in POOLERS:
+            raise ValueError(f"model.pooler must be one of {list(POOLERS)}, got {cfg.pooler!r}")
         self.cfg = cfg
         t = cfg.text
         width = t.embed_dim
@@ -93,11 +112,13 @@ class CoCa(nn.Module):
         vis_width = cfg.vision.embed_dim
         self.caption_pooler = AttentionalPooler(width, vis_width, cfg.num_caption_queries, cfg.pooler_heads,
                                                 norm_layer)
-        self.contrastive_pooler = AttentionalPooler(width, width, 1, cfg.pooler_heads, norm_layer)
+        con_context = vis_width if cfg.pooler == "parallel" else width  # image tokens / caption pooler outputs
+        self.contrastive_pooler = AttentionalPooler(width, con_context, 1, cfg.pooler_heads, norm_layer)
         self.visual_proj = nn.Linear(width, cfg.embed_dim, bias=False)
 
         self.token_embed = nn.Embedding(t.vocab_size, width)
-        self.pos_embed = nn.Parameter(torch.zeros(1, t.context_length, width))
+        num_pos = t.context_length + 1 if cfg.cls_pos_embed else t.context_length  # + the CLS after a full text
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_pos, width))
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width))
         block_kw = dict(dim=width, num_heads=t.num_heads, mlp_ratio=t.mlp_ratio, qkv_bias=t.qkv_bias,
                         norm_layer=norm_layer, act_layer=get_act_layer(t.act_layer))
@@ -139,7 +160,8 @@ class CoCa(nn.Module):
         """Images -> (caption queries (B, Q, width), contrastive embedding (B, embed_dim))."""
         tokens = self.visual.forward_features(images)  # (B, 1+N, vis_width)
         caption_q = self.caption_pooler(tokens)  # (B, Q, width)
-        contrastive = self.contrastive_pooler(caption_q)[:, 0]  # (B, width): cascaded on the caption queries
+        source = tokens if self.cfg.pooler == "parallel" else caption_q
+        contrastive = self.contrastive_pooler(source)[:, 0]  # (B, width)
         return caption_q, self.visual_proj(contrastive)
 
     def encode_image(self, images: torch.Tensor, normalize: bool = False) -> torch.Tensor:
@@ -168,7 +190,10 @@ class CoCa(nn.Module):
         src = (j - (j > cls_at[:, None]).long()).clamp(max=L - 1)  # token shifted right after the CLS
         seq = x.gather(1, src[..., None].expand(-1, -1, D))  # (B, L+1, D)
         is_cls = (j == cls_at[:, None])[..., None]
-        seq = torch.where(is_cls, self.cls_token.expand(B, L + 1, D), seq)
+        cls = self.cls_token.expand(B, 1, D)
+        if self.cfg.cls_pos_embed:
+            cls = cls + self.pos_embed[0, cls_at][:, None]  # (B, 1, D): the position of its slot
+        seq = torch.where(is_cls, cls.expand(B, L + 1, D), seq)
         seq = run_blocks(self.unimodal_blocks, seq, self.grad_checkpointing, is_causal=True)
         cls = seq[torch.arange(B, device=x.device), cls_at]  # (B, D)
         i = j[:, :L]  # original token positions

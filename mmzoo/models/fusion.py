@@ -10,10 +10,13 @@ patches, question tokens, or any encoder's tokens) projected to a common width `
 * ``early_concat`` (b): ``[Z_1; ...; Z_M]`` -> one transformer (VisualBERT, ViLT, "one-stream").
 * ``multi_to_one`` (c): each stream through its own blocks, then concatenated into shared blocks.
 * ``one_to_multi`` (d): shared blocks over the concatenation, then split back into per-stream blocks.
-* ``cross_attention`` (e): two-stream co-attention (ViLBERT): in each layer every stream's self-attention
-  is followed by cross-attention whose keys/values are the other streams (of the previous layer).
-* ``cross_attention_concat`` (f): co-attention layers, then the streams are concatenated and go
-  through shared self-attention blocks.
+* ``cross_attention`` (e): two-stream co-attention: in each layer every stream's queries attend to the
+  other streams (of the previous layer) as keys/values. ``co_attention="self_cross"`` (default) runs
+  ViLBERT's co-attention block: self-attention within the stream, then that cross-attention, then the
+  MLP; ``co_attention="cross"`` is the survey's diagram: cross-attention and MLP only, no attention
+  within a stream.
+* ``cross_attention_concat`` (f): co-attention layers (either form), then the streams are concatenated
+  and go through shared self-attention blocks.
 
 Every stream gets a modality (segment) embedding and its own learned summary token (``cls_tokens``),
 and padding masks follow the tokens through every concatenation / split. The answer head reads the
@@ -41,6 +44,7 @@ from .vit import VisionTransformer, ViTConfig, get_act_layer
 FUSION_TYPES = ("early_sum", "early_concat", "multi_to_one", "one_to_multi", "cross_attention",
                 "cross_attention_concat")
 _CROSS = ("cross_attention", "cross_attention_concat")
+CO_ATTENTION = ("self_cross", "cross")
 
 
 def fusion_vision_config(**kwargs) -> ViTConfig:
@@ -59,6 +63,8 @@ class FusionConfig:
     depth: int = 2  # blocks of the shared stage (a, b: the whole fusion; c, f: after the concat; d: before
     #                 the split; e: co-attention layers)
     stream_depth: int = 1  # per-stream blocks (c: before the concat; d: after the split; f: co-attention layers)
+    co_attention: str = "self_cross"  # e, f: "self_cross" (self- then cross-attention, ViLBERT) or "cross"
+    #                                   (cross-attention only, the survey's fig. 3e)
     num_heads: int = 4  # attention heads of the fusion blocks
     mlp_ratio: float = 4.0  # MLP inner width / dim
     qkv_bias: bool = True  # bias on q, k, v projections
@@ -103,13 +109,14 @@ class CoAttentionLayer(nn.Module):
 
     Args:
         num_streams: number of streams (>= 2).
+        self_attn: keep the within-stream self-attention (False: cross-attention and MLP only).
         **block_kwargs: arguments of each stream's :class:`Block`.
     """
 
-    def __init__(self, num_streams: int, drop_path: float = 0.0, **block_kwargs: Any) -> None:
+    def __init__(self, num_streams: int, drop_path: float = 0.0, self_attn: bool = True, **block_kwargs: Any) -> None:
         super().__init__()
         self.grad_checkpointing = False  # activation checkpointing of every stream's block
-        self.blocks = nn.ModuleList([Block(cross_attn=True, drop_path=drop_path, **block_kwargs)
+        self.blocks = nn.ModuleList([Block(cross_attn=True, self_attn=self_attn, drop_path=drop_path, **block_kwargs)
                                      for _ in range(num_streams)])
 
     def forward(self, xs: list[torch.Tensor], masks: list[Optional[torch.Tensor]]) -> list[torch.Tensor]:
@@ -136,6 +143,8 @@ class FusionModel(nn.Module):
         super().__init__()
         if cfg.fusion not in FUSION_TYPES:
             raise ValueError(f"unknown model.fusion {cfg.fusion!r}; valid choices: {list(FUSION_TYPES)}")
+        if cfg.co_attention not in CO_ATTENTION:
+            raise ValueError(f"unknown model.co_attention {cfg.co_attention!r}; valid choices: {list(CO_ATTENTION)}")
         self.cfg = cfg
         self.fusion = cfg.fusion
         self.modalities: list[str] = []
@@ -192,7 +201,8 @@ class FusionModel(nn.Module):
                                                             drop_path_rate=dpr, **stream_kw) for _ in range(M)])
         if cfg.fusion in _CROSS:
             n = cfg.depth if cfg.fusion == "cross_attention" else cfg.stream_depth
-            self.co_layers = nn.ModuleList([CoAttentionLayer(M, drop_path=dpr * i / max(n - 1, 1), **block_kw)
+            self.co_layers = nn.ModuleList([CoAttentionLayer(M, drop_path=dpr * i / max(n - 1, 1),
+                                                             self_attn=cfg.co_attention == "self_cross", **block_kw)
                                             for i in range(n)])
         self.norm = norm_layer(dim)
         num_pooled = 1 if cfg.fusion == "early_sum" else M

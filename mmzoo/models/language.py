@@ -10,6 +10,7 @@ The training objectives (masked LM, causal LM, span corruption) live in
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 from functools import partial
 from typing import NamedTuple, Optional, Sequence
@@ -49,9 +50,10 @@ class LMConfig:
     tie_embeddings: bool = True  # LM head shares the token embedding matrix
     num_experts: int = 0  # > 0: mixture-of-experts feed-forward in every `moe_every`-th block
     moe_top_k: int = 2  # experts per token
-    moe_capacity_factor: float = 1.25  # expert capacity slack (<= 0: no token dropping)
+    moe_capacity_factor: float = 1.25  # expert capacity slack in training, per sequence prefix (<= 0: dropless)
     moe_every: int = 1  # MoE in blocks moe_every-1, 2*moe_every-1, ... (2: every other block, GShard)
     moe_aux_loss_weight: float = 0.01  # weight of the load-balancing loss in `aux_loss`
+    moe_z_loss_weight: float = 0.0  # weight of the router z-loss in `aux_loss` (ST-MoE: 1e-3; 0 = off)
     embed_drop_rate: float = 0.0  # dropout on the embeddings
     proj_drop_rate: float = 0.0  # dropout after attention / MLP projections
     attn_drop_rate: float = 0.0  # dropout on attention weights
@@ -63,8 +65,8 @@ class LMOutput(NamedTuple):
 
     logits: (B, L, vocab_size) for every (decoder) position: next-token logits for kind "decoder" and
         "encoder_decoder" (position t predicts decoder token t+1), token logits for "encoder".
-    aux_loss: scalar, the weighted mixture-of-experts load-balancing loss (0 without experts); add it to
-        the task loss.
+    aux_loss: scalar, the weighted mixture-of-experts losses, load balancing + router z-loss (0 without
+        experts); add it to the task loss.
     """
 
     logits: torch.Tensor
@@ -218,7 +220,11 @@ class TransformerLM(nn.Module):
     def _aux_loss(self, device: torch.device) -> torch.Tensor:
         if not self.moe_layers:
             return torch.zeros((), device=device)
-        return self.cfg.moe_aux_loss_weight * sum(m.aux_loss for m in self.moe_layers) / len(self.moe_layers)
+        n = len(self.moe_layers)
+        loss = self.cfg.moe_aux_loss_weight * sum(m.aux_loss for m in self.moe_layers) / n
+        if self.cfg.moe_z_loss_weight > 0:
+            loss = loss + self.cfg.moe_z_loss_weight * sum(m.z_loss for m in self.moe_layers) / n
+        return loss
 
     def encode(self, tokens: torch.Tensor, key_padding_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Encoder (kinds "encoder" and "encoder_decoder"): tokens (B, S) -> normed states (B, S, D).
@@ -307,7 +313,8 @@ class TransformerLM(nn.Module):
         """Continue ``prompt`` (B, P): ``strategy`` "greedy", "sample" (temperature / top-k / top-p) or
         "beam". Encoder-decoder models decode from ``encoder_tokens`` (B, S) with ``prompt`` as the
         decoder's start tokens. ``use_cache=False`` recomputes the whole sequence at every step (the
-        reference the KV cache is measured against). Returns (B, P + n) ids.
+        reference the KV cache is measured against). A ``max_new_tokens`` past a learned / sinusoidal
+        position table is cut to fit, with a warning naming ``context_length``. Returns (B, P + n) ids.
         """
         if self.cfg.kind == "encoder":
             raise ValueError("an encoder-only model (kind='encoder') does not generate; use kind 'decoder'")
@@ -318,8 +325,7 @@ class TransformerLM(nn.Module):
             if encoder_tokens is None:
                 raise ValueError("an encoder-decoder model generates from encoder_tokens (B, S)")
             context = self.encode(encoder_tokens)
-        if self.pos_embed is not None:
-            max_new_tokens = min(max_new_tokens, self.cfg.context_length - prompt.shape[1])
+        max_new_tokens = self._fit_new_tokens(max_new_tokens, prompt.shape[1])
         forward, _, reorder = self.decoder_step_fns(context)
         if use_cache:
             def step(new: torch.Tensor) -> torch.Tensor:
@@ -344,21 +350,45 @@ class TransformerLM(nn.Module):
 
     @torch.no_grad()
     def generate_speculative(self, draft: "TransformerLM", prompt: torch.Tensor, max_new_tokens: int = 32,
-                             num_draft_tokens: int = 4, stop_token_ids: Sequence[int] = ()):
-        """This model's greedy continuation of ``prompt`` (1, P), sped up by a smaller ``draft`` model
-        sharing the vocabulary (see :func:`mmzoo.models.generation.speculative_greedy`).
-        Returns ((1, P + n) ids, :class:`~mmzoo.models.generation.SpeculativeStats`)."""
-        if self.cfg.kind != "decoder" or draft.cfg.kind != "decoder":
-            raise ValueError("speculative decoding needs two decoder-only models (kind='decoder')")
+                             num_draft_tokens: int = 4, strategy: str = "greedy", temperature: float = 1.0,
+                             top_k: int = 0, top_p: float = 1.0, generator: Optional[torch.Generator] = None,
+                             stop_token_ids: Sequence[int] = (), pad_token_id: int = 0,
+                             ) -> tuple[torch.Tensor, generation.SpeculativeStats]:
+        """Continue ``prompt`` (B, P) with speculative decoding: a smaller ``draft`` model sharing the
+        vocabulary proposes ``num_draft_tokens`` tokens per round, this model verifies them in one forward.
+        The output has exactly this model's law: its greedy continuation (``strategy="greedy"``, or
+        "sample" with ``temperature=0``) or its sampling law with ``temperature`` / ``top_k`` / ``top_p``
+        (see :func:`mmzoo.models.generation.speculative_decode`).
+        Returns ((B, P + n) ids, :class:`~mmzoo.models.generation.SpeculativeStats`)."""
+        if strategy not in ("greedy", "sample"):
+            raise ValueError(f"speculative decoding supports strategy 'greedy' or 'sample', got {strategy!r}")
+        for name, m in (("target", self), ("draft", draft)):
+            if not isinstance(m, TransformerLM) or m.cfg.kind != "decoder":
+                kind = m.cfg.kind if isinstance(m, TransformerLM) else type(m).__name__
+                raise ValueError(f"speculative decoding needs two decoder-only language models (kind='decoder'); "
+                                 f"the {name} is {kind!r}")
         if draft.cfg.vocab_size != self.cfg.vocab_size:
-            raise ValueError(f"draft vocab_size {draft.cfg.vocab_size} != target vocab_size {self.cfg.vocab_size}")
-        if self.pos_embed is not None or draft.pos_embed is not None:
-            limit = min(m.cfg.context_length for m in (self, draft) if m.pos_embed is not None)
-            max_new_tokens = min(max_new_tokens, limit - prompt.shape[1])
+            raise ValueError(f"draft vocab_size {draft.cfg.vocab_size} != target vocab_size {self.cfg.vocab_size}: "
+                             "the draft must share the target's tokenizer")
+        for m in (self, draft):
+            max_new_tokens = m._fit_new_tokens(max_new_tokens, prompt.shape[1])
         t_fwd, t_crop, _ = self.decoder_step_fns()
         d_fwd, d_crop, _ = draft.decoder_step_fns()
-        return generation.speculative_greedy(t_fwd, t_crop, d_fwd, d_crop, prompt, max_new_tokens,
-                                             num_draft_tokens, stop_token_ids)
+        greedy = strategy == "greedy" or temperature == 0
+        return generation.speculative_decode(t_fwd, t_crop, d_fwd, d_crop, prompt, max_new_tokens, num_draft_tokens,
+                                             greedy, temperature, top_k, top_p, generator, stop_token_ids,
+                                             pad_token_id)
+
+    def _fit_new_tokens(self, max_new_tokens: int, prompt_len: int) -> int:
+        """``max_new_tokens`` cut, with a warning, to what fits in a learned / sinusoidal position table."""
+        if self.pos_embed is None:
+            return max_new_tokens
+        fit = self.cfg.context_length - prompt_len
+        if max_new_tokens > fit:
+            warnings.warn(f"max_new_tokens={max_new_tokens} does not fit: the prompt has {prompt_len} tokens and "
+                          f"the model's context_length is {self.cfg.context_length}; generating {max(fit, 0)} tokens")
+            return max(fit, 0)
+        return max_new_tokens
 
 
 # -- presets ------------------------------------------------------------------------------------------

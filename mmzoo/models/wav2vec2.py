@@ -47,7 +47,7 @@ class Wav2Vec2Config:
     layer_norm_eps: float = 1e-5  # eps of every LayerNorm
     conv_pos: int = 128  # kernel of the convolutional position embedding
     conv_pos_groups: int = 16  # its groups
-    dropout: float = 0.1  # after attention / MLP outputs
+    dropout: float = 0.1  # after attention / MLP outputs, and on the block input after the position conv
     attn_drop: float = 0.1  # on attention weights
     act_drop: float = 0.0  # inside the MLP, after the activation
     input_drop: float = 0.1  # on projected features before the transformer (fairseq dropout_input)
@@ -291,6 +291,9 @@ class Wav2Vec2(nn.Module):
         self.mask_emb = nn.Parameter(torch.empty(cfg.dim).uniform_())
         self.pos_conv = PositionalConv(cfg.dim, cfg.conv_pos, cfg.conv_pos_groups)
         self.encoder_norm = nn.LayerNorm(cfg.dim, eps=cfg.layer_norm_eps)  # before blocks (post-LN) / after (pre-LN)
+        # fairseq TransformerEncoder.extract_features: dropout(layer_norm(x + pos_conv(x))) before the first
+        # block (post-LN), dropout(x + pos_conv(x)) (pre-LN); Hugging Face's encoders do the same
+        self.encoder_drop = nn.Dropout(cfg.dropout)
         norm_layer = partial(nn.LayerNorm, eps=cfg.layer_norm_eps)
         mlp_layer = partial(_mlp_with_act_drop, act_drop=cfg.act_drop)
         self.grad_checkpointing = False  # activation checkpointing of every block
@@ -362,6 +365,7 @@ class Wav2Vec2(nn.Module):
         x = x + self.pos_conv(x)
         if not self.cfg.layer_norm_first:
             x = self.encoder_norm(x)
+        x = self.encoder_drop(x)
         # no padding -> no mask: SDPA keeps its fused kernel
         for blk in self.blocks:
             if self.training and self.cfg.layerdrop > 0 and torch.rand(()) < self.cfg.layerdrop:

@@ -227,7 +227,10 @@ class LanguageModelingTask(BaseTask):
         if (self.objective != "causal" or prompt is None or tok is None or self.num_generated_tokens <= 0
                 or not self.trainer.is_global_zero):
             return
-        out = self.model.generate(prompt, self.num_generated_tokens, eot_token_id=tok.eot_token_id)
+        n = self.num_generated_tokens
+        if getattr(self.model, "pos_embed", None) is not None:  # a position table: stay inside it
+            n = min(n, self.model.cfg.context_length - prompt.shape[1])
+        out = self.model.generate(prompt, n, eot_token_id=tok.eot_token_id)
         log.info("%s sample: %r -> %r", prefix, tok.decode(prompt[0]), tok.decode(out[0, prompt.shape[1]:]))
 
     def on_validation_epoch_end(self) -> None:

@@ -1,5 +1,6 @@
 """Hugging Face parity: random-init HF wav2vec 2.0 models saved with ``save_pretrained`` reproduce their
-last hidden states in mmzoo (post-LN and stable-layer-norm, encoder-only and pretraining checkpoints)."""
+last hidden states in mmzoo (post-LN and stable-layer-norm, encoder-only and pretraining checkpoints), and in
+training mode with dropout on (same random stream, same dropout placement)."""
 from __future__ import annotations
 
 import pytest
@@ -53,3 +54,33 @@ def test_encoder_only_checkpoint_into_pretraining_model_keeps_fresh_quantizer(tm
     Wav2Vec2Model(HFConfig(**SMALL)).save_pretrained(tmp_path)
     model = mmzoo.create_model("wav2vec2_tiny", pretrained=tmp_path, **_overrides(False, True))
     assert model.quantizer.codevectors.shape == (1, 16, 16)
+
+
+@pytest.mark.parametrize("stable", [False, True], ids=["post_ln", "stable_layer_norm"])
+def test_training_mode_dropout_matches_hugging_face(stable):
+    """With dropout on, the same random stream gives the same hidden states in training mode: every
+    dropout sits where Hugging Face (and fairseq) put it, the one after the positional convolution (and
+    its LayerNorm, post-LN) included. Attention / activation dropout are off (they draw differently)."""
+    torch.manual_seed(0)
+    hf = Wav2Vec2Model(HFConfig(**SMALL, do_stable_layer_norm=stable, feat_extract_norm="layer" if stable else "group",
+                                conv_bias=stable, hidden_dropout=0.3, feat_proj_dropout=0.2, attention_dropout=0.0,
+                                activation_dropout=0.0, layerdrop=1e-9, apply_spec_augment=False)).train()
+    model = mmzoo.create_model("wav2vec2_tiny", **_overrides(stable, False), dropout=0.3, input_drop=0.2,
+                               attn_drop=0.0, act_drop=0.0, layerdrop=1e-9).train()
+    model.load_state_dict(_convert(hf, model))
+    x = torch.randn(2, 5000, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.manual_seed(7)
+        ref = hf(x).last_hidden_state
+        torch.manual_seed(7)
+        out = model(x)
+        torch.manual_seed(8)
+        other = model(x)
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(out, other, atol=1e-3)  # dropout is active: another stream, other states
+
+
+def _convert(hf, model):
+    from mmzoo.convert import convert_foreign
+
+    return convert_foreign(hf.state_dict(), model)

@@ -1,4 +1,5 @@
-"""CoCa: shapes, gradients, CLS padding invariance, KV-cached generation == recompute, decoding strategies."""
+"""CoCa: shapes, gradients, CLS padding invariance, KV-cached generation == recompute, decoding strategies,
+the poolers of Algorithm 1 and the CLS position against written-out computations, old checkpoints."""
 from __future__ import annotations
 
 import pytest
@@ -136,3 +137,78 @@ def test_presets_build():
         big = mmzoo.create_model("coca_vit_b32")
     assert sum(p.numel() for p in big.parameters()) > 150e6
     assert "coca_micro" in mmzoo.list_models("coca_*")
+
+
+# -- attentional poolers (Algorithm 1) and the CLS position, against computations written out --------
+def _pool_by_hand(pooler, context):
+    """An attentional pooler written out: learned queries attend to the normed context, per head."""
+    attn = pooler.attn
+    H, Dh = attn.num_heads, attn.head_dim
+    ctx = pooler.norm_context(context)  # (B, S, C)
+    q = (pooler.queries[0] @ attn.q.weight.t() + attn.q.bias).view(-1, H, Dh)  # (Q, H, Dh)
+    kv = (ctx @ attn.kv.weight.t() + attn.kv.bias).view(ctx.shape[0], ctx.shape[1], 2, H, Dh)
+    k, v = kv[:, :, 0], kv[:, :, 1]  # (B, S, H, Dh)
+    weights = torch.einsum("qhd,bshd->bhqs", q, k).mul(Dh ** -0.5).softmax(-1)
+    out = torch.einsum("bhqs,bshd->bqhd", weights, v).flatten(2)  # (B, Q, D)
+    return pooler.norm(out @ attn.proj.weight.t() + attn.proj.bias)
+
+
+@pytest.mark.parametrize("pooler", ["parallel", "cascade"])
+def test_poolers_follow_their_data_flow(pooler):
+    torch.manual_seed(0)
+    model = mmzoo.create_model("coca_nano", pooler=pooler).double().eval()
+    images = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        img_tokens = model.visual.forward_features(images)  # the image encoder's tokens
+        cap = _pool_by_hand(model.caption_pooler, img_tokens)  # cap_feature = cap_attn_pool(img_feature)
+        # parallel (Algorithm 1): con_feature = con_attn_pool(img_feature); cascade: it reads cap_feature
+        con = _pool_by_hand(model.contrastive_pooler, img_tokens if pooler == "parallel" else cap)[:, 0]
+        caption_q, image_emb = model._image_queries(images)
+        torch.testing.assert_close(caption_q, cap, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(image_emb, model.visual_proj(con), rtol=1e-10, atol=1e-10)
+        model.caption_pooler.queries.add_(1.0)  # the contrastive embedding depends on it only in the cascade
+        moved = not torch.allclose(model.encode_image(images), image_emb)
+    assert moved == (pooler == "cascade")
+
+
+def test_cls_token_gets_its_position_like_every_other_token():
+    torch.manual_seed(0)
+    model = mmzoo.create_model("coca_nano").double().eval()
+    L = model.cfg.text.context_length
+    assert model.pos_embed.shape[1] == L + 1  # room for a CLS after a full-length text
+    with torch.no_grad():
+        model.pos_embed.normal_()  # positions that matter
+        tokens = torch.full((3, L), PAD)
+        lengths = [4, 9, L]  # EOT at 3, 8 and at the last slot
+        for row, n in enumerate(lengths):
+            tokens[row, :n] = torch.randint(1, 1000, (n,), generator=torch.Generator().manual_seed(row))
+            tokens[row, 0], tokens[row, n - 1] = SOT, EOT
+        got = model.encode_text(tokens)
+        for row, n in enumerate(lengths):  # the text and its CLS alone, positions 0..n, one causal pass
+            x = model.token_embed(tokens[row:row + 1, :n])
+            x = torch.cat([x, model.cls_token], 1) + model.pos_embed[:, :n + 1]
+            for blk in model.unimodal_blocks:
+                x = blk(x, is_causal=True)
+            ref = model.text_proj(model.text_norm(x[:, -1]))
+            torch.testing.assert_close(got[row:row + 1], ref, rtol=1e-10, atol=1e-10)
+
+
+def test_checkpoint_without_pooler_fields_loads_with_the_old_behaviour(tmp_path):
+    from mmzoo.convert import MMZOO_KEY, model_metadata
+
+    torch.manual_seed(0)
+    old = mmzoo.create_model("coca_nano", pooler="cascade", cls_pos_embed=False).eval()
+    meta = model_metadata(old)
+    del meta["config"]["pooler"], meta["config"]["cls_pos_embed"]  # written before the fields existed
+    path = tmp_path / "old.ckpt"
+    torch.save({MMZOO_KEY: meta, "state_dict": {f"model.{k}": v for k, v in old.state_dict().items()}}, path)
+    loaded = mmzoo.create_model(pretrained=path).eval()
+    assert (loaded.cfg.pooler, loaded.cfg.cls_pos_embed) == ("cascade", False)
+    images, tokens = torch.randn(2, 3, 32, 32), _tokens()
+    with torch.no_grad():
+        a, b = old(images, tokens), loaded(images, tokens)
+    for x, y in zip(a, b):
+        torch.testing.assert_close(x, y, rtol=0, atol=0)
+    assert mmzoo.create_model("coca_nano").cfg.pooler == "parallel"  # new models: Algorithm 1
+    with pytest.raises(ValueError, match="pooler must be one of"):
+        mmzoo.create_model("coca_nano", pooler="serial")

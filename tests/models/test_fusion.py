@@ -1,4 +1,5 @@
-"""FusionModel: the six fusion variants and the text-only baseline, through the registry."""
+"""FusionModel: the six fusion variants and the text-only baseline, through the registry; pure cross-attention
+co-attention against its written-out form."""
 from __future__ import annotations
 
 import dataclasses
@@ -154,3 +155,68 @@ def test_config_round_trip_and_errors():
         _model("cross_attention", use_image=False)
     with pytest.raises(ValueError, match="pass `image`"):
         _model("early_concat")(None, *_batch()[1:])
+
+
+# -- (e) as in the survey's diagram: cross-attention only ------------------------------------------
+def _cross_attention_by_hand(attn, x, context, context_pad):
+    """Multi-head attention written out: queries from ``x``, keys/values from ``context``; padded keys
+    get no weight."""
+    H, Dh = attn.num_heads, attn.head_dim
+    B, L, _ = x.shape
+    q = (x @ attn.q.weight.t() + attn.q.bias).view(B, L, H, Dh)
+    kv = (context @ attn.kv.weight.t() + attn.kv.bias).view(B, context.shape[1], 2, H, Dh)
+    scores = torch.einsum("blhd,bshd->bhls", q, kv[:, :, 0]) * Dh ** -0.5
+    if context_pad is not None:
+        scores = scores.masked_fill(context_pad[:, None, None, :], float("-inf"))
+    out = torch.einsum("bhls,bshd->blhd", scores.softmax(-1), kv[:, :, 1]).flatten(2)
+    return out @ attn.proj.weight.t() + attn.proj.bias
+
+
+def test_pure_cross_attention_layer_equals_its_written_out_form():
+    model = _model("cross_attention", co_attention="cross").double().eval()
+    layer = model.co_layers[0]
+    assert all(b.attn is None and b.cross_attn is not None for b in layer.blocks)  # no within-stream attention
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(2, 5, 32, generator=g, dtype=torch.float64), torch.randn(2, 7, 32, generator=g, dtype=torch.float64)]
+    masks = [None, torch.arange(7)[None] >= torch.tensor([4, 7])[:, None]]
+    with torch.no_grad():
+        out = layer(xs, masks)
+        for i, blk in enumerate(layer.blocks):
+            j = 1 - i
+            h = xs[i] + _cross_attention_by_hand(blk.cross_attn, blk.norm_cross(xs[i]), xs[j], masks[j])
+            h = h + blk.mlp(blk.norm2(h))  # Z_i <- Z_i + CA(Z_i, Z_j); Z_i <- Z_i + MLP(Z_i)
+            torch.testing.assert_close(out[i], h, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("co_attention", ["cross", "self_cross"])
+def test_pure_cross_attention_has_no_within_stream_interaction(co_attention):
+    """After one co-attention layer, a stream's token depends on the other streams and on itself only
+    when there is no self-attention; with ViLBERT's block it also depends on its own stream's tokens."""
+    model = _model("cross_attention", co_attention=co_attention).eval()
+    layer = model.co_layers[0]
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(2, 5, 32, generator=g), torch.randn(2, 7, 32, generator=g)]
+    other = [xs[0].clone(), xs[1]]
+    other[0][:, 3] = torch.randn(2, 32, generator=g) * 3  # a new token 3 in stream 0
+    with torch.no_grad():
+        a, b = layer(xs, [None, None]), layer(other, [None, None])
+    keep = [0, 1, 2, 4]
+    moved = (a[0][:, keep] - b[0][:, keep]).abs().max()
+    assert (moved == 0) if co_attention == "cross" else (moved > 1e-4)
+    assert not torch.allclose(a[1], b[1])  # the other stream reads the changed token either way
+
+
+@pytest.mark.parametrize("fusion", ["cross_attention", "cross_attention_concat"])
+def test_pure_cross_attention_variants_train_and_ignore_padding(fusion):
+    model = _model(fusion, co_attention="cross")
+    image, text, pad = _batch()
+    model(image, text, pad).logsumexp(-1).sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, missing
+    model.eval()
+    with torch.no_grad():
+        ref = model(image, text, pad)
+        other = torch.where(pad, torch.randint(0, 500, text.shape), text)
+        torch.testing.assert_close(model(image, other, pad), ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown model.co_attention 'none'; valid choices"):
+        _model(fusion, co_attention="none")

@@ -70,6 +70,16 @@ def test_train_fast_dev_run(train_cfg, tmp_path, model):
     assert metrics["test/ppl"] > 1
 
 
+def test_train_moe_with_router_z_loss(train_cfg, tmp_path):
+    """The MoE options are reachable from train.py: experts, capacity and the router z-loss."""
+    root = _write_corpus(tmp_path / "texts")
+    metrics = train(train_cfg("model=gpt", "model.name=gpt_nano", "+model.num_experts=4", "+model.moe_every=2",
+                              "+model.moe_z_loss_weight=1e-3", *TEXT_DATA, f"data.root={root}",
+                              f"data.cache_dir={tmp_path / 'cache'}", "debug=fdr"))
+    assert metrics["global_step"] == 1 and math.isfinite(metrics["test/loss"])
+    assert math.isfinite(metrics["train/aux_loss"]) and metrics["train/aux_loss"] > 0
+
+
 def test_train_checkpoint_rebuild_and_generate_cli(train_cfg, tmp_path, capsys):
     """A few real steps: held-out perplexity falls below the unigram baseline; the checkpoint rebuilds the
     model and carries the tokenizer that `python -m mmzoo.generate` uses."""
