@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from .models import create_model
+from . import run_info
 from .models.speed import apply_speed_options
 from .peft import apply_peft, save_adaptation
 from .tasks.checkpoint_io import AtomicCheckpointIO
@@ -111,6 +112,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     model = apply_speed_options(model, **speed)
     task_cfg = resolve_auto(OmegaConf.to_container(cfg.task, resolve=True), hints, "task")
     task = instantiate(task_cfg, model=model, _convert_="all")
+    # the values actually used, for the loggers (mmzoo.run_info.logged_config)
+    task.resolved_config = {"model": {**model_kwargs, "pretrained": pretrained}, "task": task_cfg}
     return dm, task
 
 
@@ -125,19 +128,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist; pass a checkpoint file such as "
                                 "DIR/checkpoints/last.ckpt")
 
+    run_info.prepare(cfg)
     dm, task = build(cfg)
-    callbacks = _instantiate_group(cfg.get("callbacks"))
+    callbacks = _instantiate_group(cfg.get("callbacks")) + [run_info.RunInfo(cfg.run_name)]
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = _instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                      plugins=[AtomicCheckpointIO()])
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = run_info.logged_config(cfg, task.model, task.resolved_config["model"], task.resolved_config["task"])
     for lg in trainer.loggers:
         lg.log_hyperparams(resolved)
     if trainer.is_global_zero:
         log.info("model %s: %s", task.model.model_name, describe_parameters(task.model))
-        log.info("run directory: %s", out_dir)
+        log.info("run %s, directory: %s", cfg.run_name, out_dir)
 
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
     if trainer.interrupted:
@@ -157,6 +161,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
             metrics.update({k: float(v) for k, v in results[0].items()})
         metrics["test_checkpoint"] = best if use_best else "last"  # type: ignore[assignment]
     metrics["global_step"] = trainer.global_step
+    run_info.finish_loggers(trainer)
     if trainer.is_global_zero:
         _atomic_write_json(metrics, out_dir / "metrics.json")
         print(json.dumps(metrics, indent=2, sort_keys=True))
