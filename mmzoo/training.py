@@ -17,11 +17,11 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from .models import create_model
-from . import run_info
+from . import console, run_info
 from .models.speed import apply_speed_options
 from .peft import apply_peft, save_adaptation
 from .tasks.checkpoint_io import AtomicCheckpointIO
@@ -117,6 +117,21 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     return dm, task
 
 
+def optimized_value(metrics: dict[str, Any], name: str | None) -> float | None:
+    """The final value of the metric a sweep optimises (``optimized_metric``), or None without a sweep.
+
+    Args:
+        metrics: the run's final metrics (what :func:`train` returns).
+        name: the metric's key, e.g. ``val/acc1``.
+    """
+    if not name:
+        return None
+    if name not in metrics:
+        numeric = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))
+        raise KeyError(f"optimized_metric={name} is not among the run's final metrics; choose one of {numeric}")
+    return float(metrics[name])
+
+
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) as configured; returns the final metrics also written to ``metrics.json``."""
     out_dir = Path(cfg.paths.output_dir)
@@ -128,11 +143,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist; pass a checkpoint file such as "
                                 "DIR/checkpoints/last.ckpt")
 
+    console.single_log_lines()
     run_info.prepare(cfg)
     dm, task = build(cfg)
     callbacks = _instantiate_group(cfg.get("callbacks")) + [run_info.RunInfo(cfg.run_name)]
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if cfg.trainer.get("enable_model_summary", True) and not any(isinstance(c, ModelSummary) for c in callbacks):
+        callbacks.append(console.ModelSummary(max_depth=1))
     loggers = _instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                      plugins=[AtomicCheckpointIO()])
@@ -165,4 +183,5 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if trainer.is_global_zero:
         _atomic_write_json(metrics, out_dir / "metrics.json")
         print(json.dumps(metrics, indent=2, sort_keys=True))
+        log.info("%s", console.outputs_summary(trainer, out_dir))
     return metrics

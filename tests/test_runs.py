@@ -181,3 +181,35 @@ def test_plot_and_compare_name_what_is_wrong(tmp_path, capsys):
     assert mmzoo_cli(["plot", str(bad), "--out", str(tmp_path / "p")]) == 2
     err = capsys.readouterr().err
     assert "line 2" in err and "train/loss" in err
+
+
+def test_optuna_sweep_runs_three_trials_and_reports_the_best(tmp_path):
+    import subprocess
+    import sys
+
+    import yaml
+
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", "hparams_search=vit_digits_optuna",
+           "hydra.sweeper.n_trials=3", "hydra.sweeper.sampler.n_startup_trials=2", f"hydra.sweep.dir={sweep}",
+           "model.name=vit_nano_patch4_32", "data.batch_size=128", "trainer.max_epochs=1",
+           "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "test=false",
+           "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
+           "callbacks.progress_bar=null", "callbacks.sample_predictions=null", "logger=csv"]
+    proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    trials = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    assert [p.name for p in trials] == ["0", "1", "2"]
+    values = [json.loads((p / "metrics.json").read_text())["val/acc1"] for p in trials]
+    result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert result["best_value"] == pytest.approx(max(values))
+    assert set(result["best_params"]) == {"task.lr", "task.weight_decay", "model.depth", "model.drop_path_rate"}
+
+
+def test_optimized_metric_must_be_a_final_metric():
+    from mmzoo.training import optimized_value
+
+    assert optimized_value({"val/acc1": 0.5}, None) is None
+    assert optimized_value({"val/acc1": 0.5}, "val/acc1") == 0.5
+    with pytest.raises(KeyError, match="optimized_metric=val/acc5 .*val/acc1"):
+        optimized_value({"val/acc1": 0.5, "test_checkpoint": "last"}, "val/acc5")
