@@ -239,3 +239,110 @@ class LogTextSamples(L.Callback):
             body = "".join("| " + " | ".join(str(r.get(c, "")).replace("|", "\\|") for c in columns) + " |\n"
                            for r in rows)
             lg.experiment.add_text("val/text_samples", header + body, trainer.global_step)
+
+
+def _vision_encoder(model: torch.nn.Module) -> tuple[torch.nn.Module, Any] | None:
+    """The image encoder of a ViT or a CLIP-like model and the call that runs it on images (B, C, H, W)."""
+    tower = getattr(model, "visual", None) or model
+    if hasattr(tower, "forward_features") and hasattr(tower, "patch_embed"):
+        return tower, tower.forward_features
+    return None
+
+
+def attention_rollout_last(encoder: torch.nn.Module, run: Any, images: torch.Tensor) -> torch.Tensor | None:
+    """The last self-attention layer's attention from the first (class) token to every patch, averaged
+    over heads: (B, grid_h, grid_w) in [0, 1]. Recomputed from the layer's input in float32 with the
+    reference formula softmax(q k^T / sqrt(d)), so it is exact whichever attention kernel the model uses.
+
+    Args:
+        encoder: a ViT-style encoder with ``patch_embed`` and ``num_prefix_tokens``.
+        run: the function that runs the encoder on images.
+        images: (B, C, H, W).
+    """
+    from .layers.attention import Attention
+
+    attns = [m for m in encoder.modules() if isinstance(m, Attention) and not m.cross_attn]
+    if not attns or getattr(encoder, "num_prefix_tokens", 0) < 1:
+        return None
+    last = attns[-1]
+    captured: dict[str, torch.Tensor] = {}
+    handle = last.register_forward_hook(lambda mod, args, out: captured.setdefault("x", args[0].detach()))
+    try:
+        with torch.no_grad():
+            run(images)
+            x = captured["x"]
+            q, k, _, _ = last._project(x, None, None)
+            q, k = last.q_norm(q).float(), last.k_norm(k).float()
+            if last.num_kv_heads != last.num_heads:
+                k = k.repeat_interleave(last.num_heads // last.num_kv_heads, dim=1)
+            attn = ((q @ k.transpose(-2, -1)) * last.scale).softmax(-1)  # (B, H, L, L)
+    finally:
+        handle.remove()
+    prefix = encoder.num_prefix_tokens
+    cls = attn[:, :, 0, prefix:].mean(1)  # (B, N) from the class token to the patches
+    gh, gw = encoder.patch_embed.grid_size
+    if cls.shape[1] != gh * gw:
+        return None
+    cls = cls.view(-1, gh, gw)
+    lo = cls.flatten(1).min(1).values[:, None, None]
+    hi = cls.flatten(1).max(1).values[:, None, None]
+    return (cls - lo) / (hi - lo).clamp_min(1e-12)
+
+
+class AttentionMaps(L.Callback):
+    """After each validation, the class token's attention over the patches in the last layer of a ViT or
+    CLIP image encoder, overlaid on the first validation images (``val/attention_maps``, W&B and
+    TensorBoard). Reads ``task.val_samples`` (the images the sample-prediction callback logs).
+
+    Args:
+        max_samples: images per grid.
+    """
+
+    def __init__(self, max_samples: int = 8) -> None:
+        self.max_samples = max_samples
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        samples = getattr(pl_module, "val_samples", None)
+        if samples is None or not trainer.is_global_zero or trainer.sanity_checking:
+            return
+        images = samples[0][: self.max_samples]
+        found = _vision_encoder(getattr(pl_module, "model", pl_module))
+        if images.dim() != 4 or found is None:
+            return
+        encoder, run = found
+        device = next(encoder.parameters()).device
+        was_training = encoder.training
+        encoder.eval()
+        try:
+            maps = attention_rollout_last(encoder, run, images.to(device))
+        finally:
+            encoder.train(was_training)
+        if maps is None:
+            return
+        grid = overlay_grid(images.float(), maps.cpu())
+        for lg in _loggers(trainer, "WandbLogger"):
+            import wandb
+
+            lg.experiment.log({"val/attention_maps": wandb.Image(grid), "trainer/global_step": trainer.global_step})
+        for lg in _loggers(trainer, "TensorBoardLogger"):
+            lg.experiment.add_image("val/attention_maps", grid, trainer.global_step, dataformats="HWC")
+
+
+def overlay_grid(images: torch.Tensor, maps: torch.Tensor) -> np.ndarray:
+    """A row of images (each min-max scaled for display) with their attention maps in red on top:
+    (H, W * B, 3) uint8.
+
+    Args:
+        images: (B, C, H, W) with C 1 or 3.
+        maps: (B, h, w) in [0, 1].
+    """
+    b, c, h, w = images.shape
+    lo = images.flatten(1).min(1).values[:, None, None, None]
+    hi = images.flatten(1).max(1).values[:, None, None, None]
+    img = ((images - lo) / (hi - lo).clamp_min(1e-12)).expand(b, 3, h, w) if c == 1 else \
+        (images - lo) / (hi - lo).clamp_min(1e-12)
+    heat = torch.nn.functional.interpolate(maps[:, None], size=(h, w), mode="nearest")[:, 0]  # (B, H, W)
+    out = img * 0.5
+    out[:, 0] += 0.5 * heat
+    out = out.clamp(0, 1).permute(2, 0, 3, 1).reshape(h, b * w, 3)  # (H, B*W, 3)
+    return (out.numpy() * 255).astype(np.uint8)

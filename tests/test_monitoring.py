@@ -85,3 +85,32 @@ def test_text_samples_reach_tensorboard(tmp_path):
     acc.Reload()
     text = acc.Tensors("val/text_samples/text_summary")[0].tensor_proto.string_val[0].decode()
     assert "| hypothesis | reference | cer |" in text and "tw\\|o" in text
+
+
+def test_attention_map_equals_the_reference_attention_of_the_last_layer():
+    import mmzoo
+    from mmzoo.monitoring import attention_rollout_last, overlay_grid
+
+    torch.manual_seed(0)
+    model = mmzoo.create_model("vit_nano_patch4_32", img_size=16, in_chans=1, num_classes=3).eval()
+    x = torch.randn(2, 1, 16, 16)
+    maps = attention_rollout_last(model, model.forward_features, x)
+    assert maps.shape == (2, 4, 4) and float(maps.min()) == 0.0 and float(maps.max()) == pytest.approx(1.0)
+
+    # reference: run the blocks by hand in float64 and take the last block's attention probabilities
+    m = model.double()
+    with torch.no_grad():
+        captured = {}
+        last = m.blocks[-1].attn
+        h = last.register_forward_hook(lambda mod, a, o: captured.setdefault("x", a[0]))
+        m.forward_features(x.double())
+        h.remove()
+        xin = captured["x"]
+        B, L, C = xin.shape
+        qkv = last.qkv(xin).view(B, L, 3, last.num_heads, C // last.num_heads).permute(2, 0, 3, 1, 4)
+        probs = (qkv[0] @ qkv[1].transpose(-2, -1) / (C // last.num_heads) ** 0.5).softmax(-1)
+        ref = probs[:, :, 0, 1:].mean(1).view(2, 4, 4)
+        ref = (ref - ref.amin((1, 2), keepdim=True)) / (ref.amax((1, 2), keepdim=True) - ref.amin((1, 2), keepdim=True))
+    assert torch.allclose(maps.double(), ref, atol=1e-5)
+    grid = overlay_grid(x, maps)
+    assert grid.shape == (16, 32, 3) and grid.dtype == np.uint8
