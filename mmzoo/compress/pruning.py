@@ -67,6 +67,10 @@ def prunable_linears(model: nn.Module, skip: Sequence[str] = DEFAULT_SKIP) -> li
     return [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear) and not _skipped(n, skip)]
 
 
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
+
+
 def _mask_of(module: nn.Module, pname: str) -> Optional[WeightMask]:
     if not parametrize.is_parametrized(module, pname):
         return None
@@ -88,7 +92,7 @@ def apply_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
     """
     for name, mask in masks.items():
         mod_name, _, pname = name.rpartition(".")
-        module = model.get_submodule(mod_name)
+        module = model.get_submodule(mod_name) if mod_name else model
         param = getattr(module, pname, None)
         if not isinstance(param, torch.Tensor):
             raise ValueError(f"mask for {name!r}: {mod_name!r} has no parameter {pname!r}")
@@ -108,13 +112,18 @@ def get_masks(model: nn.Module) -> dict[str, torch.Tensor]:
         for pname in getattr(module, "parametrizations", {}):
             m = _mask_of(module, pname)
             if m is not None:
-                out[f"{mod_name}.{pname}" if mod_name else pname] = m.mask.clone()
+                out[_join(mod_name, pname)] = m.mask.clone()
     return out
 
 
 def remove_masks(model: nn.Module) -> nn.Module:
     """Bake every mask into its parameter (pruned entries become plain zeros) and drop the parametrizations."""
     for module in model.modules():
+        if parametrize.is_parametrized(module):
+            # a deep copy shares its original's parametrized class, whose properties removal deletes: give the
+            # module a class of its own first, so that unmasking a copy leaves the original working
+            cls = type(module)
+            module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
         for pname in list(getattr(module, "parametrizations", {})):
             if _mask_of(module, pname) is not None:
                 parametrize.remove_parametrizations(module, pname, leave_parametrized=True)
@@ -150,10 +159,10 @@ def _head_masks(m: Attention, name: str, n: int, masks: dict[str, torch.Tensor])
     per_head_rows = keep_head.repeat_interleave(Dh)  # (H*Dh,)
     rows = torch.cat([per_head_rows, per_head_rows.repeat(2) if Hkv == H
                       else torch.ones(2 * Hkv * Dh, dtype=torch.bool, device=keep_head.device)])
-    masks[f"{name}.qkv.weight"] = rows[:, None].expand_as(w_qkv).clone()
+    masks[_join(name, "qkv.weight")] = rows[:, None].expand_as(w_qkv).clone()
     if m.qkv.bias is not None:
-        masks[f"{name}.qkv.bias"] = rows.clone()
-    masks[f"{name}.proj.weight"] = per_head_rows[None, :].expand_as(w_out).clone()
+        masks[_join(name, "qkv.bias")] = rows.clone()
+    masks[_join(name, "proj.weight")] = per_head_rows[None, :].expand_as(w_out).clone()
 
 
 @torch.no_grad()
@@ -196,10 +205,10 @@ def magnitude_masks(model: nn.Module, sparsity: float, granularity: str = "fine"
             scores = torch.cat([m.weight.detach().abs().flatten() for _, m in layers])
             keep = _lowest(scores, int(sparsity * scores.numel()))
             for (name, m), k in zip(layers, keep.split([m.weight.numel() for _, m in layers])):
-                masks[f"{name}.weight"] = k.view_as(m.weight)
+                masks[_join(name, "weight")] = k.view_as(m.weight)
         else:
             for name, m in layers:
-                masks[f"{name}.weight"] = _lowest(m.weight.detach().abs(), int(sparsity * m.weight.numel()))
+                masks[_join(name, "weight")] = _lowest(m.weight.detach().abs(), int(sparsity * m.weight.numel()))
         return masks
     # row: output channels of every layer; an MLP's hidden unit is removed from fc2's input too
     def add(key: str, keep: torch.Tensor) -> None:  # fc2 gets a row mask and its fc1's column mask
@@ -207,16 +216,16 @@ def magnitude_masks(model: nn.Module, sparsity: float, granularity: str = "fine"
 
     for name, m in layers:
         keep_rows = _lowest(m.weight.detach().norm(dim=1), int(sparsity * m.out_features))
-        add(f"{name}.weight", keep_rows[:, None].expand_as(m.weight))
+        add(_join(name, "weight"), keep_rows[:, None].expand_as(m.weight))
         if m.bias is not None:
-            add(f"{name}.bias", keep_rows)
+            add(_join(name, "bias"), keep_rows)
         parent_name, _, leaf = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         fc2 = getattr(parent, "fc2", None)
         if leaf == "fc1" and isinstance(fc2, nn.Linear) and fc2.in_features == m.out_features \
-                and not _skipped(f"{parent_name}.fc2", skip) \
+                and not _skipped(_join(parent_name, "fc2"), skip) \
                 and _act_keeps_zero(parent):
-            add(f"{parent_name}.fc2.weight" if parent_name else "fc2.weight", keep_rows[None, :].expand_as(fc2.weight))
+            add(_join(parent_name, "fc2.weight"), keep_rows[None, :].expand_as(fc2.weight))
     return masks
 
 
@@ -337,7 +346,7 @@ def export_sparse(model: nn.Module, path: Union[str, os.PathLike]) -> int:
     state = {k: v for k, v in model.state_dict().items() if ".parametrizations." not in k}
     for name in masked:  # parametrized parameters: store the masked value under the plain name
         mod_name, _, pname = name.rpartition(".")
-        state[name] = getattr(model.get_submodule(mod_name), pname)
+        state[name] = getattr(model.get_submodule(mod_name) if mod_name else model, pname)
     for name, value in state.items():
         t, info = _encode(name, value)
         info["dtype"] = str(value.dtype).removeprefix("torch.")
