@@ -8,6 +8,8 @@
   (cosines of the angles formed by every triplet).
 * *Attention maps*: :func:`attention_map_loss`, the KL divergence between teacher and student attention
   probabilities (TinyBERT, Jiao et al. 2020 use MSE; MiniLM, Wang et al. 2020, KL).
+* *Sparsity patterns*: :func:`activation_boundary_loss` (Heo et al. 2019), which teaches the student
+  which neurons the teacher activates, on pre-activation features.
 """
 from __future__ import annotations
 
@@ -123,3 +125,20 @@ def attention_map_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Te
     t = teacher.detach()
     kl = torch.xlogy(t, t) - t * student.clamp(min=torch.finfo(student.dtype).tiny).log()
     return kl.sum(-1).mean()
+
+
+def activation_boundary_loss(student: torch.Tensor, teacher: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+    """Activation-boundary transfer: where the teacher's pre-activation is positive the student's should
+    exceed ``margin``, elsewhere stay below ``-margin``:
+    ``mean(1[t > 0] * relu(margin - s)^2 + 1[t <= 0] * relu(margin + s)^2)``.
+
+    Args:
+        student: pre-activation features (e.g. an MLP's ``fc1`` output), same shape as ``teacher``.
+        teacher: the teacher's pre-activation features.
+        margin: the margin ``mu`` around the boundary.
+    """
+    if student.shape != teacher.shape:
+        raise ValueError(f"activation_boundary_loss needs equal shapes, got {tuple(student.shape)} and "
+                         f"{tuple(teacher.shape)}")
+    on = (teacher.detach() > 0).to(student.dtype)
+    return (on * F.relu(margin - student).pow(2) + (1 - on) * F.relu(margin + student).pow(2)).mean()

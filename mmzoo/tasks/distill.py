@@ -11,10 +11,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers.attention import Attention
-from ..losses.distill import attention_map_loss, nst_loss, rkd_angle_loss, rkd_distance_loss
+from ..losses.distill import activation_boundary_loss, attention_map_loss, nst_loss, rkd_angle_loss, rkd_distance_loss
 from .classification import ClassificationTask
 
-FEATURE_LOSSES = ("mse", "mmd")
+FEATURE_LOSSES = ("mse", "mmd", "boundary")
 
 
 def attention_probs(attn: Attention, x: torch.Tensor) -> torch.Tensor:
@@ -92,7 +92,8 @@ class DistillationTask(ClassificationTask):
         feature_loss: ``"mse"`` (student features linearly projected to the teacher's width when they differ;
             token sequences of different lengths are mean-pooled first) or ``"mmd"`` (neuron selectivity
             transfer: Gaussian MMD between the channels' activation patterns over the tokens; widths may
-            differ, token counts must agree).
+            differ, token counts must agree) or ``"boundary"`` (the teacher's sparsity pattern: activation
+            boundaries, Heo et al. 2019, on pre-activation features such as ``mlp.fc1``; projected like mse).
         feature_weight: weight of the feature-matching term.
         mmd_sigma: Gaussian kernel bandwidth of ``feature_loss="mmd"``.
         rkd_distance_weight: weight of RKD's distance term (Park et al. use 25 with angle 50; 0 = off).
@@ -146,7 +147,7 @@ class DistillationTask(ClassificationTask):
                 raise ValueError(f"task.feature_layers: {e}; pairs are [student_module, teacher_module] names "
                                  "as in model.named_modules()") from None
             s_w, t_w = output_width(s_mod), output_width(t_mod)
-            self.feature_proj.append(nn.Linear(s_w, t_w) if s_w != t_w and feature_loss == "mse" else nn.Identity())
+            self.feature_proj.append(nn.Linear(s_w, t_w) if s_w != t_w and feature_loss != "mmd" else nn.Identity())
             cs, ct = _Capture(), _Capture()
             s_mod.register_forward_hook(cs)
             t_mod.register_forward_hook(ct)
@@ -192,7 +193,7 @@ class DistillationTask(ClassificationTask):
                 continue
             if s.shape != t.shape:  # different token counts: compare mean features
                 s, t = s.flatten(1, -2).mean(1), t.flatten(1, -2).mean(1)
-            loss = loss + F.mse_loss(s, t)
+            loss = loss + (F.mse_loss(s, t) if self.feature_loss == "mse" else activation_boundary_loss(s, t))
         return loss
 
     def _relational_loss(self) -> torch.Tensor:

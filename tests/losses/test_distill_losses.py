@@ -11,7 +11,7 @@ import torch
 from hydra.errors import InstantiationException
 
 from mmzoo.layers import Attention
-from mmzoo.losses.distill import attention_map_loss, gaussian_mmd2, nst_loss, rkd_angle_loss, rkd_distance_loss
+from mmzoo.losses.distill import activation_boundary_loss, attention_map_loss, gaussian_mmd2, nst_loss, rkd_angle_loss, rkd_distance_loss
 from mmzoo.tasks.distill import attention_probs
 from mmzoo.training import train
 
@@ -93,6 +93,15 @@ def test_attention_map_kl_by_hand():
     tm = t.mean(1)
     ref = sum(float((tm[b, q] * (tm[b, q].log() - s1[b, 0, q].log())).sum()) for b in range(2) for q in range(4)) / 8
     assert attention_map_loss(s1, t).item() == pytest.approx(ref, abs=1e-12)
+
+
+def test_activation_boundary_by_hand():
+    s = torch.tensor([[2.0, 0.5, -0.2, -3.0]], dtype=torch.float64)
+    t = torch.tensor([[1.0, 0.3, 0.0, -1.0]], dtype=torch.float64)
+    # on, on, off (t = 0 is not active), off; margin 1: 0, (1 - 0.5)^2, (1 - 0.2)^2, 0
+    assert activation_boundary_loss(s, t).item() == pytest.approx((0.25 + 0.64) / 4, abs=1e-15)
+    assert activation_boundary_loss(3 * t.sign() + 0.0 * t, t.clamp(min=-1)).item() == pytest.approx(
+        (1 - 0) ** 2 / 4, abs=1e-15)  # the t = 0 entry with s = 0 still pays the margin
 
 
 @pytest.mark.parametrize("kv_heads", [4, 2])
