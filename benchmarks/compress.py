@@ -205,6 +205,11 @@ def main() -> None:
         print(json.dumps(base[-1]), flush=True)
         quant_rows += quantization_rows(model, data, args, seed)
         prune_rows += pruning_curves(model, data, args, args.out, seed)
+        report(args, base, prune_rows, quant_rows, t_start)  # after every seed: a partial run still reports
+
+
+def report(args, base, prune_rows, quant_rows, t_start) -> None:
+    """Write compress.json and print the tables over the seeds done so far."""
     gemm = gemm_row(args)
     results = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                "base": base, "pruning": prune_rows, "quantization": quant_rows, "gemm": gemm,
@@ -214,7 +219,7 @@ def main() -> None:
     dense = statistics.mean(b["dense_export_bytes"] for b in base)
     accs = [b["acc"] for b in base]
     print(f"\nbase: {args.model} (embed_dim {args.embed_dim}) at {args.image_size}px, test acc {fmt((statistics.mean(accs), min(accs), max(accs)))}%, "
-          f"dense export {dense:,.0f} bytes, seeds {args.seeds}")
+          f"dense export {dense:,.0f} bytes, seeds {[b['seed'] for b in base]}")
     print("\n| granularity | target | weight sparsity | acc one-shot | acc pruned (iterative) | acc retrained | export bytes |")
     print("|---|---|---|---|---|---|---|")
     for (g, t), v in summarise(prune_rows, "granularity,target",
