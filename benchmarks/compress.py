@@ -9,6 +9,10 @@
    GEMM ``torch._int_mm``) and W8A8 after SmoothQuant; plus one large linear layer (fp32 GEMM vs int8 GEMM) to
    show the kernel's speed apart from the tiny model's overheads.
 
+``--outlier-scale 30`` adds a controlled SmoothQuant case: two input channels of every ``qkv`` / ``fc1`` are
+made 30 times larger (LayerNorm weight and bias times 30, the linear's columns divided by 30: the float model
+is unchanged), then W8A8 runs with and without SmoothQuant (``--outliers-only``: just that).
+
 Prints Markdown tables and writes ``compress.json`` to ``--out``.
 
     PYTHONPATH=$PWD python benchmarks/compress.py --out /tmp/compress --seeds 0 1 2
@@ -135,6 +139,43 @@ def quantization_rows(model, data, args, seed: int) -> list[dict]:
     return rows
 
 
+@torch.no_grad()
+def add_outlier_channels(model, scale: float, channels=(0, 1)) -> None:
+    """Give the inputs of every block's ``attn.qkv`` and ``mlp.fc1`` outlier channels without changing the float
+    function: the LayerNorm's weight and bias of ``channels`` times ``scale``, the linear's columns divided by it
+    (the pattern SmoothQuant targets: a few activation channels far larger than the rest)."""
+    from mmzoo.layers.block import Block
+
+    for blk in model.modules():
+        if isinstance(blk, Block):
+            for norm, lin in ((blk.norm1, blk.attn.qkv), (blk.norm2, blk.mlp.fc1)):
+                for c in channels:
+                    norm.weight[c] *= scale
+                    norm.bias[c] *= scale
+                    lin.weight[:, c] /= scale
+
+
+def outlier_rows(model, data, args, seed: int) -> list[dict]:
+    """W8A8 with and without SmoothQuant on the model given outlier input channels (same float function)."""
+    test = data.test_dataloader()
+    calib = [x for i, (x, _) in zip(range(args.calib_batches), data.train_dataloader())]
+    m = copy.deepcopy(model)
+    add_outlier_channels(m, args.outlier_scale)
+    label = f"outlier channels x{args.outlier_scale:g}"
+    rows = [{"method": f"{label}: fp32", "acc": accuracy(m, test)}]
+    rows.append({"method": f"{label}: W8A8 static", "acc": accuracy(quantize_int8(copy.deepcopy(m), "static",
+                                                                                   calibrate(m, calib)), test)})
+    rows.append({"method": f"{label}: W8A8 dynamic (per token)",
+                 "acc": accuracy(quantize_int8(copy.deepcopy(m), "dynamic"), test)})
+    smooth_quant(m, calib, alpha=args.alpha)
+    rows.append({"method": f"{label}: W8A8 static + SmoothQuant (alpha {args.alpha})",
+                 "acc": accuracy(quantize_int8(m, "static", calibrate(m, calib)), test)})
+    for r in rows:
+        r.update(seed=seed, bytes=0, latency_ms=0.0)
+        print(json.dumps(r), flush=True)
+    return rows
+
+
 def gemm_row(args) -> dict:
     """fp32 matmul vs int8 GEMM (int32 accumulation) of a large linear layer, one thread."""
     torch.manual_seed(0)
@@ -188,6 +229,10 @@ def main() -> None:
     p.add_argument("--latency-batch", type=int, default=64)
     p.add_argument("--latency-repeats", type=int, default=20)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--outlier-scale", type=float, default=0.0,
+                   help="> 0: also W8A8 with / without SmoothQuant after giving 2 input channels of every qkv / fc1 "
+                        "this factor (function-preserving)")
+    p.add_argument("--outliers-only", action="store_true", help="only the base models and the outlier rows")
     args = p.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
@@ -203,8 +248,12 @@ def main() -> None:
         base.append({"seed": seed, "acc": acc, "params": sum(p.numel() for p in model.parameters()),
                      "dense_export_bytes": export_sparse(model, args.out / "dense.safetensors")})
         print(json.dumps(base[-1]), flush=True)
-        quant_rows += quantization_rows(model, data, args, seed)
-        prune_rows += pruning_curves(model, data, args, args.out, seed)
+        if not args.outliers_only:
+            quant_rows += quantization_rows(model, data, args, seed)
+        if args.outlier_scale > 0:
+            quant_rows += outlier_rows(model, data, args, seed)
+        if not args.outliers_only:
+            prune_rows += pruning_curves(model, data, args, args.out, seed)
         report(args, base, prune_rows, quant_rows, t_start)  # after every seed: a partial run still reports
 
 
@@ -222,8 +271,8 @@ def report(args, base, prune_rows, quant_rows, t_start) -> None:
           f"dense export {dense:,.0f} bytes, seeds {[b['seed'] for b in base]}")
     print("\n| granularity | target | weight sparsity | acc one-shot | acc pruned (iterative) | acc retrained | export bytes |")
     print("|---|---|---|---|---|---|---|")
-    for (g, t), v in summarise(prune_rows, "granularity,target",
-                               ["weight_sparsity", "one_shot", "pruned", "retrained", "bytes"]).items():
+    for (g, t), v in ({} if not prune_rows else summarise(prune_rows, "granularity,target",
+                               ["weight_sparsity", "one_shot", "pruned", "retrained", "bytes"])).items():
         print(f"| {g} | {t:.3f} | {fmt(v['weight_sparsity'], 3, False)} | {fmt(v['one_shot'])} | {fmt(v['pruned'])} | "
               f"{fmt(v['retrained'])} | {v['bytes'][0]:,.0f} ({v['bytes'][0] / dense:.2f}x) |")
     print("\n| method | acc | model bytes | latency ms (batch %d) |" % args.latency_batch)
