@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from mmzoo.compress import get_masks, prune
 from mmzoo.models import create_model
 from mmzoo.tasks.pruning import IterativePruning
 from mmzoo.training import train
@@ -20,6 +21,42 @@ def _fc1_sparsity(state: dict, prefix: str = "model.") -> float:
     return (w == 0).float().mean().item()
 
 
+class _Task(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.model = create_model("vit_nano_patch4_32")
+        self.device = torch.device("cpu")
+
+
+class _Trainer:
+    def print(self, *args) -> None:
+        pass
+
+
+def test_checkpoint_hooks_store_plain_weights_and_restore_masks():
+    cb = IterativePruning([0], [0.6], granularity="row")
+    task = _Task()
+    prune(task.model, 0.6, "row")
+    masks = get_masks(task)
+    ckpt = {"state_dict": task.state_dict()}
+    cb.on_save_checkpoint(_Trainer(), task, ckpt)
+    assert not any(".parametrizations." in k for k in ckpt["state_dict"])
+    assert ckpt["pruning_masks"].keys() == masks.keys()
+    w = ckpt["state_dict"]["model.blocks.0.mlp.fc1.weight"]
+    assert torch.equal(w != 0, masks["model.blocks.0.mlp.fc1.weight"])
+    fresh = _Task()  # a resumed run: plain weights load first, then the masks are registered again
+    fresh.load_state_dict(ckpt["state_dict"])
+    cb.on_load_checkpoint(_Trainer(), fresh, ckpt)
+    assert all(torch.equal(get_masks(fresh)[k], m) for k, m in masks.items())
+    cb.on_fit_end(_Trainer(), fresh)  # baked in at the end of fit, still saved with the next checkpoint
+    assert not get_masks(fresh) and torch.equal(fresh.model.blocks[0].mlp.fc1.weight, w)
+    later = {"state_dict": fresh.state_dict()}
+    cb.on_save_checkpoint(_Trainer(), fresh, later)
+    assert later["pruning_masks"].keys() == masks.keys()
+
+
+@pytest.mark.slow  # two short train.py runs (~30 s on idle cores, minutes on a loaded machine)
 def test_pruning_schedule_through_training_and_resume(train_cfg):
     cfg = train_cfg(*TINY, "trainer.max_epochs=3", "callbacks.pruning.epochs=[0,1]",
                     "callbacks.pruning.sparsities=[0.5,0.75]", "callbacks.model_checkpoint.every_n_epochs=1",
