@@ -278,7 +278,10 @@ def report(args, base, prune_rows, quant_rows, t_start) -> None:
     print("\n| method | acc | model bytes | latency ms (batch %d) |" % args.latency_batch)
     print("|---|---|---|---|")
     for (m,), v in summarise(quant_rows, "method", ["acc", "bytes", "latency_ms"]).items():
-        print(f"| {m} | {fmt(v['acc'])} | {v['bytes'][0]:,.0f} | {fmt(v['latency_ms'], 2)} |")
+        measured = v["bytes"][0] > 0  # the outlier rows measure accuracy only
+        size = f"{v['bytes'][0]:,.0f}" if measured else "n/a"
+        latency = fmt(v["latency_ms"], 2) if measured else "n/a"
+        print(f"| {m} | {fmt(v['acc'])} | {size} | {latency} |")
     print(f"\nGEMM {gemm['shape']}: fp32 {gemm['fp32_ms']:.2f} ms, int8 (torch._int_mm) {gemm['int8_ms']:.2f} ms")
     print(f"total {results['seconds']:.0f} s, load average {results['load_avg']}")
 
