@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from mmzoo.compress import (calibrate, export_sparse, iterative_prune, model_bytes, prune, quantize_int8, quantize_kmeans,
-                            smooth_quant)
+from mmzoo.compress import (calibrate, export_sparse, iterative_prune, model_bytes, prune, quantize_int8,
+                            quantize_kmeans, smooth_quant)
 from mmzoo.compress.quantization import int8_matmul
 from mmzoo.data import DigitsDataModule
 from mmzoo.models import create_model
@@ -194,7 +194,8 @@ def gemm_row(args) -> dict:
             t.append(time.perf_counter() - t0)
         return 1e3 * statistics.median(t)
 
-    return {"shape": [M, K, N], "fp32_ms": timed(lambda: xf @ wf.t()), "int8_ms": timed(lambda: int8_matmul(xq, wq.t()))}
+    return {"shape": [M, K, N], "fp32_ms": timed(lambda: xf @ wf.t()),
+            "int8_ms": timed(lambda: int8_matmul(xq, wq.t()))}
 
 
 def summarise(rows: list[dict], key: str, fields: list[str]) -> dict:
@@ -267,9 +268,11 @@ def report(args, base, prune_rows, quant_rows, t_start) -> None:
 
     dense = statistics.mean(b["dense_export_bytes"] for b in base)
     accs = [b["acc"] for b in base]
-    print(f"\nbase: {args.model} (embed_dim {args.embed_dim}) at {args.image_size}px, test acc {fmt((statistics.mean(accs), min(accs), max(accs)))}%, "
+    acc = fmt((statistics.mean(accs), min(accs), max(accs)))
+    print(f"\nbase: {args.model} (embed_dim {args.embed_dim}) at {args.image_size}px, test acc {acc}%, "
           f"dense export {dense:,.0f} bytes, seeds {[b['seed'] for b in base]}")
-    print("\n| granularity | target | weight sparsity | acc one-shot | acc pruned (iterative) | acc retrained | export bytes |")
+    print("\n| granularity | target | weight sparsity | acc one-shot | acc pruned (iterative) | acc retrained "
+          "| export bytes |")
     print("|---|---|---|---|---|---|---|")
     for (g, t), v in ({} if not prune_rows else summarise(prune_rows, "granularity,target",
                                ["weight_sparsity", "one_shot", "pruned", "retrained", "bytes"])).items():

@@ -11,7 +11,8 @@ import torch
 from hydra.errors import InstantiationException
 
 from mmzoo.layers import Attention
-from mmzoo.losses.distill import activation_boundary_loss, attention_map_loss, gaussian_mmd2, nst_loss, rkd_angle_loss, rkd_distance_loss
+from mmzoo.losses.distill import (activation_boundary_loss, attention_map_loss, gaussian_mmd2, nst_loss,
+                                  rkd_angle_loss, rkd_distance_loss)
 from mmzoo.tasks.distill import attention_probs
 from mmzoo.training import train
 
