@@ -86,7 +86,7 @@ def mix_point_patches(neighborhood: torch.Tensor, centers: torch.Tensor, ratio: 
     device = centers.device
     if partner is None:
         partner = torch.arange(B - 1, -1, -1, device=device)
-    keep = (ratio.to(torch.float64) * G).round().long().to(device)  # (B,) own patches
+    keep = (ratio.float() * G).round().long().to(device)  # (B,) own patches (round half to even)
     noise = torch.rand(B, G, generator=generator, device=device if generator is None else generator.device)
     rank = noise.to(device).argsort(1).argsort(1)  # a random permutation of 0..G-1 per cloud
     from_self = rank < keep.unsqueeze(1)  # (B, G), exactly keep[i] True per row

@@ -344,7 +344,7 @@ class PointBERTPretrainTask(BaseTask):
         feats = self.key_model.forward_head(self.key_model.forward_features(points), pre_logits=True)
         return F.normalize(self.key_proj(feats), dim=-1)
 
-    def query(self, features: torch.Tensor) -> torch.Tensor:
+    def query_features(self, features: torch.Tensor) -> torch.Tensor:
         """Online encoder tokens (B, 1 + G, dim) -> L2-normalised contrastive features (B, 256)."""
         return F.normalize(self.moco_proj(self.model.forward_head(features, pre_logits=True)), dim=-1)
 
@@ -367,7 +367,7 @@ class PointBERTPretrainTask(BaseTask):
         mixed = masked_patch_losses(self.model, self.lm_head, mix.neighborhood, mix.centers, mix.tokens,
                                     self.hparams.mask_ratio)
         contrast = PointPatchMixLoss(self.hparams.moco_temperature)(
-            self.query(mixed["features"]), keys, keys[mix.partner], mix.ratio, negatives)
+            self.query_features(mixed["features"]), keys, keys[mix.partner], mix.ratio, negatives)
         return {"mpm": mixed["loss"], "mpm_acc": mixed["mpm_acc"], "contrast": contrast}
 
     def training_step(self, batch, batch_idx: int):
@@ -379,7 +379,7 @@ class PointBERTPretrainTask(BaseTask):
             # the queue is a snapshot: it is updated in place below, after the graph has used it
             negatives = self.queue.clone()
             if hp.moco_weight > 0:  # the masked view (query) against the momentum encoder's full view (key)
-                moco = moco_infonce(self.query(out["features"]), keys, negatives, hp.moco_temperature)
+                moco = moco_infonce(self.query_features(out["features"]), keys, negatives, hp.moco_temperature)
                 self.log("train/moco_loss", moco)
                 loss = loss + hp.moco_weight * moco
             if hp.mix_weight > 0:
