@@ -100,6 +100,8 @@ def main() -> None:
     ap.add_argument("--probe-lrs", type=float, nargs="+", default=[1e-2], help="learning rates of the linear probe")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--batch-size", type=int, default=50)
+    ap.add_argument("--methods", nargs="+", default=["probe", "plain", "reparam"],
+                    choices=["probe", "plain", "reparam"], help="which rows to run")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default="/tmp/prefix_reparam")
     args = ap.parse_args()
@@ -133,6 +135,8 @@ def main() -> None:
                "prefix, plain tables": {"method": "prefix", "num_tokens": args.num_tokens, "reparam": False},
                "prefix, MLP reparameterisation": {"method": "prefix", "num_tokens": args.num_tokens, "reparam": True,
                                                   "reparam_hidden": args.reparam_hidden}}
+    keys = dict(zip(methods, ["probe", "plain", "reparam"]))
+    methods = {k: v for k, v in methods.items() if keys[k] in args.methods}
     rows = []
     for label, cfg in methods.items():
         for lr in (args.probe_lrs if cfg["method"] == "linear_probe" else args.lrs):

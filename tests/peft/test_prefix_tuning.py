@@ -141,7 +141,8 @@ def test_collapse_keeps_outputs(name, tmp_path):
     if name == "t5_nano":
         assert any(m.cross_attn for m in slots)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    assert {n for n in trainable if n.startswith("prefix_mlp.")} == {f"prefix_mlp.{n}" for n, _ in mlp.named_parameters()}
+    mlp_names = {f"prefix_mlp.{n}" for n, _ in mlp.named_parameters()}
+    assert {n for n in trainable if n.startswith("prefix_mlp.")} == mlp_names
     assert not any(".prefix." in n for n in model.state_dict())  # the MLP is saved once, on the model
     with torch.no_grad():
         for p in mlp.parameters():  # a trained-looking MLP
