@@ -91,7 +91,7 @@ class PrefixMLP(nn.Module):
         self.kv_shapes = [tuple(int(s) for s in shape) for shape in kv_shapes]
         widths = [h * d for h, d in self.kv_shapes]
         self.offsets = [2 * sum(widths[:i]) for i in range(len(widths))]  # start of layer i's [k | v] columns
-        # nn.Embedding / nn.Linear default inits, as the reference code (wte + control_trans)
+        # PyTorch's default inits of nn.Embedding / nn.Linear, as Hugging Face PEFT's PrefixEncoder
         self.embed = nn.Embedding(length, dim)
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.Tanh()
