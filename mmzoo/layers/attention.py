@@ -191,9 +191,10 @@ class Attention(nn.Module):
         v = v.view(B, L, self.num_kv_heads, self.head_dim).transpose(1, 2)
         return q, k, v, False
 
-    def _add_prefix(self, k, v, key_padding_mask, attn_mask):
+    def _add_prefix(self, k, v, key_padding_mask, attn_mask, attn_bias):
         """Prepend the prefix keys/values; masks gain P always-visible columns in front (a causal mask is
-        bottom-right aligned, so every query also sees all prefix positions)."""
+        bottom-right aligned, so every query also sees all prefix positions). An additive position bias
+        (T5's relative bias) gains P zero columns: prefix positions hold no position, only content."""
         S = k.shape[2]
         k, v = self.prefix(k, v)  # (B, Hkv, P + S, Dh)
         P = k.shape[2] - S
@@ -201,7 +202,9 @@ class Attention(nn.Module):
             key_padding_mask = F.pad(key_padding_mask.to(torch.bool), (P, 0), value=False)
         if attn_mask is not None:
             attn_mask = F.pad(attn_mask, (P, 0), value=True if attn_mask.dtype == torch.bool else 0.0)
-        return k, v, key_padding_mask, attn_mask
+        if attn_bias is not None:
+            attn_bias = F.pad(attn_bias, (P, 0), value=0.0)
+        return k, v, key_padding_mask, attn_mask, attn_bias
 
     def forward(
         self,
@@ -240,7 +243,8 @@ class Attention(nn.Module):
         if kv_cache is not None and not cached:
             k, v = kv_cache.update(k, v)
         if self.prefix is not None:
-            k, v, key_padding_mask, attn_mask = self._add_prefix(k, v, key_padding_mask, attn_mask)
+            k, v, key_padding_mask, attn_mask, attn_bias = self._add_prefix(k, v, key_padding_mask, attn_mask,
+                                                                            attn_bias)
         S = k.shape[2]
         gqa = self.num_kv_heads != self.num_heads
         causal = is_causal and not self.cross_attn

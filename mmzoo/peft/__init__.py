@@ -6,7 +6,8 @@ Methods (``peft.method``):
 * ``none``: full fine-tuning (every parameter trains);
 * ``lora``: low-rank updates of the attention projections (or ``target`` patterns), mergeable;
 * ``adapter``: Houlsby bottleneck adapters after attention and MLP of every block;
-* ``prefix``: learnable key/value prefixes in every self-attention;
+* ``prefix``: learnable key/value prefixes in every self-attention (and cross-attention), trained through
+  Li & Liang's MLP reparameterisation (``reparam``) and collapsed into plain tables after training;
 * ``prompt``: soft prompt tokens at the input of every transformer stack;
 * ``bitfit``: biases only;
 * ``linear_probe``: the head only;
@@ -18,7 +19,7 @@ except ``none`` trains the *head* too (parameters matching ``head`` patterns, de
 ``head`` and the projections / temperature of contrastive models) unless ``train_head=false``.
 
 Adaptation checkpoints (:func:`save_adaptation` / :func:`load_adaptation`) hold only the trainable
-parameters plus a reference to the base model.
+parameters plus a reference to the base model (prefix tuning: the collapsed prefix tables, not the MLP).
 """
 from __future__ import annotations
 
@@ -33,7 +34,8 @@ import torch.nn as nn
 
 from .adapter import Adapter, apply_adapters
 from .lora import LoRALinear, apply_lora, merge_lora, unmerge_lora
-from .prompt import PrefixKV, SoftPrompt, apply_prefix, apply_prompt, block_stacks
+from .prompt import (PREFIX_MLP, PrefixFromMLP, PrefixKV, PrefixMLP, SoftPrompt, apply_prefix, apply_prompt,
+                     block_stacks, collapse_prefix, collapsed_prefix_tables)
 
 log = logging.getLogger("mmzoo")
 
@@ -43,9 +45,10 @@ METHODS = ("none", "lora", "adapter", "prefix", "prompt", "bitfit", "linear_prob
 DEFAULT_HEAD = ("head.*", "*.head.*", "visual_proj.*", "text.proj.*", "text_proj.*", "logit_scale", "logit_bias")
 ADAPTATION_FORMAT = "mmzoo-adaptation"
 
-__all__ = ["METHODS", "Adapter", "LoRALinear", "PrefixKV", "SoftPrompt", "apply_peft", "apply_adapters",
-           "apply_lora", "apply_prefix", "apply_prompt", "block_stacks", "merge_lora", "unmerge_lora",
-           "trainable_state_dict", "save_adaptation", "load_adaptation", "count_parameters"]
+__all__ = ["METHODS", "Adapter", "LoRALinear", "PrefixFromMLP", "PrefixKV", "PrefixMLP", "SoftPrompt", "apply_peft",
+           "apply_adapters", "apply_lora", "apply_prefix", "apply_prompt", "block_stacks", "collapse_prefix",
+           "collapsed_prefix_tables", "merge_lora", "unmerge_lora", "trainable_state_dict", "save_adaptation",
+           "load_adaptation", "count_parameters"]
 
 
 def _matches(name: str, patterns) -> bool:
@@ -63,9 +66,16 @@ def _set_trainable(model: nn.Module, predicate) -> int:
 def apply_peft(model: nn.Module, cfg: Optional[Mapping[str, Any]]) -> nn.Module:
     """Adapt ``model`` in place as ``cfg`` says (a ``peft`` config: ``method`` plus its options).
 
-    Options: ``r``, ``alpha``, ``dropout``, ``target`` (lora); ``bottleneck`` (adapter); ``num_tokens``
-    (prefix, prompt), ``stacks`` (prompt); ``num_blocks`` (partial); ``train_head``, ``head`` (all).
-    Freezes everything else; records the config as ``model.peft_config``.
+    Options: ``r``, ``alpha``, ``dropout``, ``target``, ``untie`` (lora); ``bottleneck`` (adapter);
+    ``num_tokens`` (prefix, prompt); ``cross_attn``, ``reparam``, ``reparam_hidden``, ``reparam_dim``
+    (prefix); ``stacks`` (prompt); ``num_blocks`` (partial); ``train_head``, ``head`` (all). A key a
+    config leaves out takes its function's default (prefix: no cross-attention, no reparameterisation,
+    as in adaptation checkpoints written before those keys existed). Freezes everything else; records
+    the config as ``model.peft_config``.
+
+    Args:
+        model: the model, adapted in place.
+        cfg: the ``peft`` config (None: full fine-tuning).
     """
     cfg = dict(cfg or {})
     method = cfg.get("method", "none") or "none"
@@ -77,15 +87,19 @@ def apply_peft(model: nn.Module, cfg: Optional[Mapping[str, Any]]) -> nn.Module:
     head = tuple(cfg.get("head") or DEFAULT_HEAD)
     train_head = cfg.get("train_head", True)
     new_names: set[str] = set()
-    before = {n for n, _ in model.named_parameters()}
+    # every name, tied ones too: a weight that peft.untie separates from its twin is not a new parameter
+    before = {n for n, _ in model.named_parameters(remove_duplicate=False)}
 
     if method == "lora":
         apply_lora(model, r=int(cfg.get("r", 8)), alpha=float(cfg.get("alpha", 16.0)),
-                   dropout=float(cfg.get("dropout", 0.0)), target=cfg.get("target"))
+                   dropout=float(cfg.get("dropout", 0.0)), target=cfg.get("target"),
+                   untie=bool(cfg.get("untie", False)))
     elif method == "adapter":
         apply_adapters(model, bottleneck=int(cfg.get("bottleneck", 16)))
     elif method == "prefix":
-        apply_prefix(model, num_tokens=int(cfg.get("num_tokens", 8)))
+        apply_prefix(model, num_tokens=int(cfg.get("num_tokens", 8)), cross_attn=bool(cfg.get("cross_attn", False)),
+                     reparam=bool(cfg.get("reparam", False)), reparam_hidden=int(cfg.get("reparam_hidden", 512)),
+                     reparam_dim=cfg.get("reparam_dim"))
     elif method == "prompt":
         apply_prompt(model, num_tokens=int(cfg.get("num_tokens", 8)), stacks=cfg.get("stacks"))
     new_names = {n for n, _ in model.named_parameters()} - before
@@ -122,16 +136,32 @@ def trainable_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def save_adaptation(model: nn.Module, path: Union[str, os.PathLike], base: Mapping[str, Any]) -> Path:
+def save_adaptation(model: nn.Module, path: Union[str, os.PathLike], base: Mapping[str, Any],
+                    collapse_prefix: bool = True) -> Path:
     """Write only the trainable parameters plus ``base`` (how to rebuild the base model: ``model_name``,
     ``pretrained`` path or None, config ``overrides``) and the peft config. Loads with
-    ``torch.load(weights_only=True)``."""
+    ``torch.load(weights_only=True)``.
+
+    Args:
+        model: the adapted model.
+        path: the file to write (atomically).
+        base: how to rebuild the frozen base.
+        collapse_prefix: prefix tuning trained through the MLP reparameterisation writes the prefix tables
+            it produces (``collapsed_prefix_tables``) instead of the MLP, with ``reparam=False`` (Li & Liang
+            keep only the prefixes); the model itself is left as it is. False writes the MLP.
+    """
     if any(isinstance(m, LoRALinear) and m.merged for m in model.modules()):
         raise ValueError("save_adaptation: the LoRA weights are merged; call unmerge_lora(model) first")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    obj = {"format": ADAPTATION_FORMAT, "base": dict(base), "peft": dict(getattr(model, "peft_config", {})),
-           "state_dict": trainable_state_dict(model)}
+    peft = dict(getattr(model, "peft_config", {}))
+    state = trainable_state_dict(model)
+    tables = collapsed_prefix_tables(model) if collapse_prefix else {}
+    if tables:
+        state = {k: v for k, v in state.items() if not k.startswith(f"{PREFIX_MLP}.")}
+        state.update({k: v.cpu() for k, v in tables.items()})
+        peft["reparam"] = False
+    obj = {"format": ADAPTATION_FORMAT, "base": dict(base), "peft": peft, "state_dict": state}
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     torch.save(obj, tmp)
     os.replace(tmp, path)

@@ -4,6 +4,12 @@ A frozen ``nn.Linear`` gains a trainable low-rank update ``W + (alpha / r) B A``
 Kaiming-initialised and ``B`` (out, r) zero, so the adapted model starts equal to the base model. The
 update can be merged into ``W`` for zero-overhead inference and unmerged again.
 
+A tied weight (a GPT ``lm_head`` sharing the token embedding matrix) is one tensor used twice: merging
+an update into it would rewrite the embedding as well. :func:`apply_lora` refuses such a target with an
+error naming both modules, unless ``untie=True`` first gives the target its own frozen copy of the
+weight (the other user keeps the original); :func:`merge_lora` refuses to merge into a weight that is
+still shared.
+
 :class:`LoRALinear` subclasses ``nn.Linear`` and keeps the base ``weight`` / ``bias`` parameters under
 their own names, so base checkpoint keys stay valid (``blocks.0.attn.qkv.weight``) and the LoRA factors
 appear next to them (``blocks.0.attn.qkv.lora_A``).
@@ -100,26 +106,63 @@ def find_linears(model: nn.Module, patterns: Optional[Sequence[str]]) -> list[st
     return names
 
 
+def shared_parameters(model: nn.Module) -> dict[int, list[str]]:
+    """Every parameter reachable under more than one name (tied weights): ``id(param) -> names``."""
+    names: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), []).append(name)
+    return {k: v for k, v in names.items() if len(v) > 1}
+
+
 def apply_lora(model: nn.Module, r: int = 8, alpha: float = 16.0, dropout: float = 0.0,
-               target: Optional[Sequence[str]] = None) -> list[str]:
-    """Replace the targeted linears by :class:`LoRALinear` in place; returns their names."""
+               target: Optional[Sequence[str]] = None, untie: bool = False) -> list[str]:
+    """Replace the targeted linears by :class:`LoRALinear` in place; returns their names.
+
+    Args:
+        model: the model, adapted in place.
+        r: rank of the updates.
+        alpha: scaling numerator.
+        dropout: dropout on the low-rank branch's input.
+        target: shell patterns of ``nn.Linear`` module names (None: every attention projection).
+        untie: a target whose weight is tied to another parameter (``lm_head`` and ``token_embed``) first
+            gets its own frozen copy of that weight, so merging leaves the other user alone; False
+            refuses such a target with an error.
+    """
     names = find_linears(model, target)
     if not names:
         raise ValueError("the model has no attention projections to adapt; set peft.target to name "
                          "patterns of nn.Linear modules (e.g. ['*.mlp.fc1'])")
+    shared = shared_parameters(model)
     for name in names:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
         base = getattr(parent, child)
         if isinstance(base, LoRALinear):
             continue
-        # tied weights (e.g. an lm_head sharing the embedding) stay tied: the base parameter is reused
+        for attr in ("weight", "bias"):
+            p = getattr(base, attr)
+            others = [] if p is None else [n for n in shared.get(id(p), []) if n != f"{name}.{attr}"]
+            if not others:
+                continue
+            if not untie:
+                raise ValueError(
+                    f"peft=lora: {name}.{attr} is tied to {others} (one tensor); merging the LoRA update "
+                    f"would rewrite {others[0]} as well. Set peft.untie=true to give {name} its own frozen "
+                    f"copy first, or leave {name} out of peft.target")
+            setattr(base, attr, nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad))
         setattr(parent, child, LoRALinear(base, r, alpha, dropout))
     return names
 
 
 def merge_lora(model: nn.Module) -> nn.Module:
-    """Merge every LoRA update into its base weight (zero-overhead inference)."""
+    """Merge every LoRA update into its base weight (zero-overhead inference); refuses a weight that is
+    tied to another parameter (the merge would change that one too)."""
+    shared = shared_parameters(model)
+    for name, m in model.named_modules():
+        if isinstance(m, LoRALinear) and not m.merged and id(m.weight) in shared:
+            others = [n for n in shared[id(m.weight)] if n != f"{name}.weight"]
+            raise ValueError(f"merge_lora: {name}.weight is tied to {others}; merging would rewrite them too. "
+                             "Build the LoRA with untie=True (peft.untie=true)")
     for m in model.modules():
         if isinstance(m, LoRALinear):
             m.merge()

@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers import chamfer_distance
+from ..losses.point_mix import PointPatchMixLoss, mix_point_patches, moco_infonce
 from ..models import create_model
 from ..models.point_bert import PointBERT, PointDVAE, block_mask
 from .base import BaseTask
@@ -74,20 +75,29 @@ def dvae_losses(dvae: PointDVAE, points: torch.Tensor, temperature: float, kl_we
     return {"loss": coarse + fine + kl_weight * kl, "chamfer_l1_coarse": coarse, "chamfer_l1": fine, "kl": kl}
 
 
-def mpm_losses(model: PointBERT, lm_head: nn.Module, dvae: PointDVAE, points: torch.Tensor,
-               mask_ratio: Sequence[float]) -> dict[str, torch.Tensor]:
-    """Masked point modeling: block-mask 25-45% of the patches, predict their dVAE token ids."""
-    neighborhood, centers = model.group(points)
-    dvae.eval()  # frozen tokenizer: BatchNorm statistics stay those it was trained with
-    targets = dvae.tokenize(neighborhood, centers)  # (B, G)
+def masked_patch_losses(model: PointBERT, lm_head: nn.Module, neighborhood: torch.Tensor, centers: torch.Tensor,
+                        targets: torch.Tensor, mask_ratio: Sequence[float]) -> dict[str, torch.Tensor]:
+    """Block-mask a fraction in ``mask_ratio`` of each cloud's grouped patches, predict their token ids
+    ``targets`` (B, G); ``features`` are the transformer's tokens (B, 1 + G, dim) of the masked input."""
     lo, hi = mask_ratio
-    ratio = lo + (hi - lo) * torch.rand(points.shape[0], device=points.device)
+    ratio = lo + (hi - lo) * torch.rand(centers.shape[0], device=centers.device)
     mask = block_mask(centers, ratio)  # (B, G)
     x = model.forward_groups(neighborhood, centers, mask)  # (B, 1 + G, dim)
     logits = lm_head(x[:, 1:][mask])  # (num_masked, num_tokens)
     loss = F.cross_entropy(logits, targets[mask])
     acc = (logits.argmax(-1) == targets[mask]).float().mean()
     return {"loss": loss, "mpm_acc": acc, "tokens": targets, "features": x}
+
+
+def mpm_losses(model: PointBERT, lm_head: nn.Module, dvae: PointDVAE, points: torch.Tensor,
+               mask_ratio: Sequence[float]) -> dict[str, torch.Tensor]:
+    """Masked point modeling: block-mask 25-45% of the patches, predict their dVAE token ids. Also returns
+    the grouped ``neighborhood`` and ``centers`` (what point patch mixing mixes)."""
+    neighborhood, centers = model.group(points)
+    dvae.eval()  # frozen tokenizer: BatchNorm statistics stay those it was trained with
+    targets = dvae.tokenize(neighborhood, centers)  # (B, G)
+    out = masked_patch_losses(model, lm_head, neighborhood, centers, targets, mask_ratio)
+    return {**out, "neighborhood": neighborhood, "centers": centers}
 
 
 def _check_compatible(model: PointBERT, dvae: PointDVAE) -> None:
@@ -256,7 +266,13 @@ class PointDVAETask(BaseTask):
 
 class PointBERTPretrainTask(BaseTask):
     """Masked point modeling (Point-BERT section 3.2) against a frozen dVAE's tokens, with an optional
-    momentum-encoder contrastive term (the paper's "Point-BERT + MoCo").
+    momentum-encoder contrastive term (the paper's "Point-BERT + MoCo") and optional point patch mixing
+    (section 3.3, :mod:`mmzoo.losses.point_mix`): each step also builds one virtual cloud per cloud from
+    its patches and its partner's (the batch reversed) in a ratio ``r`` drawn from ``mix_ratio``; the
+    virtual cloud is masked and predicts the tokens its patches came with (masked point modeling, weight
+    1, as the paper and its code), and its feature is contrasted against both clouds' momentum-encoder
+    features weighted ``r`` and ``1 - r`` (weight ``mix_weight``). The paper's recipe turns all three on
+    (``configs/experiment/point_bert_paper.yaml``).
 
     Args:
         model: a :class:`PointBERT` (``num_classes=0``: its head is not used here).
@@ -270,7 +286,10 @@ class PointBERTPretrainTask(BaseTask):
         moco_weight: weight of the contrastive term (0 = off).
         moco_momentum: EMA momentum of the key encoder.
         moco_queue: negatives kept in the queue.
-        moco_temperature: InfoNCE temperature.
+        moco_temperature: InfoNCE temperature (also of the mixing contrast).
+        mix_weight: weight of the point patch mixing contrast (0 = no mixing at all).
+        mix_ratio: range of the mixing ratio ``r`` (the fraction of a virtual cloud's patches that are
+            its own), drawn uniformly per cloud (the reference code: [0, 1]).
         **kwargs: optimisation options of :class:`BaseTask`.
     """
 
@@ -278,10 +297,15 @@ class PointBERTPretrainTask(BaseTask):
                  tokenizer_model: str = "point_bert_dvae_tiny", tokenizer_steps: int = 300, tokenizer_lr: float = 2e-3,
                  tokenizer_noise_ramp: float = 0.0, mask_ratio: Sequence[float] = (0.25, 0.45),
                  moco_weight: float = 0.0, moco_momentum: float = 0.999, moco_queue: int = 1024,
-                 moco_temperature: float = 0.07, **kwargs: Any) -> None:
+                 moco_temperature: float = 0.07,
+                 mix_weight: float = 0.0, mix_ratio: Sequence[float] = (0.0, 1.0), **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         if not isinstance(model, PointBERT):
             raise ValueError(f"task=point_bert_pretrain pre-trains Point-BERT, got {type(model).__name__}")
+        if len(mix_ratio) != 2 or not 0.0 <= mix_ratio[0] <= mix_ratio[1] <= 1.0:
+            raise ValueError(f"task.mix_ratio={list(mix_ratio)}: expected [low, high] with 0 <= low <= high <= 1")
+        if mix_weight < 0 or moco_weight < 0:
+            raise ValueError(f"task.moco_weight={moco_weight} and task.mix_weight={mix_weight} must be >= 0")
         from ..models import get_model_config
 
         num_tokens = (create_model(pretrained=dvae_checkpoint).cfg.num_tokens if dvae_checkpoint
@@ -294,7 +318,7 @@ class PointBERTPretrainTask(BaseTask):
         self.dvae: Optional[PointDVAE] = None
         self.token_counts = torch.zeros(num_tokens, dtype=torch.long)
         self.val_point_samples: Optional[dict[str, torch.Tensor]] = None
-        if moco_weight > 0:
+        if moco_weight > 0 or mix_weight > 0:  # both contrast against the momentum encoder and its queue
             feat = 2 * model.cfg.dim
             self.moco_proj = nn.Sequential(nn.Linear(feat, feat), nn.ReLU(), nn.Linear(feat, 256))
             self.key_model = copy.deepcopy(model).requires_grad_(False)
@@ -310,34 +334,60 @@ class PointBERTPretrainTask(BaseTask):
                                          dm, _run_dir(self), stage_device(self), self.model, hp.tokenizer_noise_ramp)
             _check_compatible(self.model, self.dvae)
 
-    def _moco(self, features: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        """InfoNCE between the masked view (query) and the momentum encoder's full view (key)."""
-        hp = self.hparams
-        with torch.no_grad():
-            for k, q in zip([*self.key_model.parameters(), *self.key_proj.parameters()],
-                            [*self.model.parameters(), *self.moco_proj.parameters()]):
-                k.mul_(hp.moco_momentum).add_(q.detach(), alpha=1 - hp.moco_momentum)
-            key = F.normalize(self.key_proj(self.key_model.forward_head(self.key_model.forward_features(points),
-                                                                        pre_logits=True)), dim=-1)
-        query = F.normalize(self.moco_proj(self.model.forward_head(features, pre_logits=True)), dim=-1)
-        # the queue is a snapshot: it is updated in place below, after the graph has used it
-        negatives = self.queue.clone()
-        logits = torch.cat([(query * key).sum(-1, keepdim=True), query @ negatives.T], dim=1) / hp.moco_temperature
-        loss = F.cross_entropy(logits, torch.zeros(len(query), dtype=torch.long, device=query.device))
-        with torch.no_grad():  # enqueue the keys, oldest out (pointer arithmetic on the device: no host sync)
-            n, size = key.shape[0], self.queue.shape[0]
-            idx = (self.queue_ptr + torch.arange(n, device=key.device)) % size
-            self.queue[idx] = key
-            self.queue_ptr.copy_((self.queue_ptr + n) % size)
-        return loss
+    @torch.no_grad()
+    def momentum_keys(self, points: torch.Tensor) -> torch.Tensor:
+        """EMA-update the key encoder, then its L2-normalised features (B, 256) of the full clouds."""
+        m = self.hparams.moco_momentum
+        for k, q in zip([*self.key_model.parameters(), *self.key_proj.parameters()],
+                        [*self.model.parameters(), *self.moco_proj.parameters()]):
+            k.mul_(m).add_(q.detach(), alpha=1 - m)
+        feats = self.key_model.forward_head(self.key_model.forward_features(points), pre_logits=True)
+        return F.normalize(self.key_proj(feats), dim=-1)
+
+    def query_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Online encoder tokens (B, 1 + G, dim) -> L2-normalised contrastive features (B, 256)."""
+        return F.normalize(self.moco_proj(self.model.forward_head(features, pre_logits=True)), dim=-1)
+
+    @torch.no_grad()
+    def _enqueue(self, keys: torch.Tensor) -> None:
+        """Enqueue the keys, oldest out (pointer arithmetic on the device: no host sync)."""
+        n, size = keys.shape[0], self.queue.shape[0]
+        idx = (self.queue_ptr + torch.arange(n, device=keys.device)) % size
+        self.queue[idx] = keys
+        self.queue_ptr.copy_((self.queue_ptr + n) % size)
+
+    def mix_losses(self, out: dict[str, torch.Tensor], keys: torch.Tensor,
+                   negatives: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Point patch mixing on the clouds of ``out`` (from :func:`mpm_losses`): the virtual clouds'
+        masked point modeling loss ``mpm`` against the tokens their patches came with, and their contrast
+        ``contrast`` against the momentum keys of both source clouds (:class:`PointPatchMixLoss`)."""
+        lo, hi = self.hparams.mix_ratio
+        ratio = lo + (hi - lo) * torch.rand(keys.shape[0], device=keys.device)
+        mix = mix_point_patches(out["neighborhood"], out["centers"], ratio, tokens=out["tokens"])
+        mixed = masked_patch_losses(self.model, self.lm_head, mix.neighborhood, mix.centers, mix.tokens,
+                                    self.hparams.mask_ratio)
+        contrast = PointPatchMixLoss(self.hparams.moco_temperature)(
+            self.query_features(mixed["features"]), keys, keys[mix.partner], mix.ratio, negatives)
+        return {"mpm": mixed["loss"], "mpm_acc": mixed["mpm_acc"], "contrast": contrast}
 
     def training_step(self, batch, batch_idx: int):
-        out = mpm_losses(self.model, self.lm_head, self.dvae, batch[0], self.hparams.mask_ratio)
+        hp = self.hparams
+        out = mpm_losses(self.model, self.lm_head, self.dvae, batch[0], hp.mask_ratio)
         loss = out["loss"]
-        if self.hparams.moco_weight > 0:
-            moco = self._moco(out["features"], batch[0])
-            self.log("train/moco_loss", moco)
-            loss = loss + self.hparams.moco_weight * moco
+        if hp.moco_weight > 0 or hp.mix_weight > 0:
+            keys = self.momentum_keys(batch[0])
+            # the queue is a snapshot: it is updated in place below, after the graph has used it
+            negatives = self.queue.clone()
+            if hp.moco_weight > 0:  # the masked view (query) against the momentum encoder's full view (key)
+                moco = moco_infonce(self.query_features(out["features"]), keys, negatives, hp.moco_temperature)
+                self.log("train/moco_loss", moco)
+                loss = loss + hp.moco_weight * moco
+            if hp.mix_weight > 0:
+                mix = self.mix_losses(out, keys, negatives)
+                self.log_dict({"train/mix_loss": mix["contrast"], "train/mix_mpm_loss": mix["mpm"],
+                               "train/mix_mpm_acc": mix["mpm_acc"]})
+                loss = loss + mix["mpm"] + hp.mix_weight * mix["contrast"]
+            self._enqueue(keys)
         self.log_dict({"train/loss": loss, "train/mpm_loss": out["loss"], "train/mpm_acc": out["mpm_acc"]},
                       prog_bar=True)
         return self.check_loss(loss)
