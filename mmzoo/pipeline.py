@@ -53,7 +53,6 @@ log = logging.getLogger("mmzoo")
 STAGE_FILE = "stage.json"  # written into RUN/<stage>/ when the stage has finished
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_UNSET = object()
 
 
 @dataclass
@@ -139,8 +138,15 @@ def _is_set(cfg: DictConfig, key: str) -> bool:
     return value is not None and value != ""
 
 
+def _has_key(cfg: DictConfig, key: str) -> bool:
+    """``key`` exists in ``cfg``, set or not (``null`` and mandatory ``???`` values count)."""
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(cfg, parent_key, default=None) if parent_key else cfg
+    return isinstance(parent, DictConfig) and leaf in parent.keys()
+
+
 def _set_key(cfg: DictConfig, key: str, value: Any, where: str) -> None:
-    if OmegaConf.select(cfg, key, default=_UNSET, throw_on_missing=False) is _UNSET:
+    if not _has_key(cfg, key):
         raise ValueError(f"{where}: the stage's config has no key {key!r}; check the key or the stage's overrides")
     OmegaConf.update(cfg, key, value, merge=False)
 

@@ -161,3 +161,60 @@ def test_input_key_missing_from_the_stage_config_fails_before_training(tmp_path)
 def test_ckpt_path_with_stages_points_at_the_run_directory(tmp_path):
     with pytest.raises(ValueError, match="hydra.run.dir="):
         run(tmp_path, *PB, f"ckpt_path={__file__}")
+
+
+# -- the command line (slow: whole processes) -----------------------------------------------------
+CLI = ["model=point_bert", "debug=limit", "data.num_train=64", "data.num_val=16", "data.num_test=16",
+       "trainer.accelerator=cpu", "trainer.enable_progress_bar=false", "callbacks.progress_bar=null"]
+
+
+def _train_py(run_dir: Path, *overrides: str) -> list[str]:
+    import sys
+
+    return [sys.executable, str(Path(__file__).resolve().parents[1] / "train.py"), *overrides,
+            f"hydra.run.dir={run_dir}"]
+
+
+@pytest.mark.slow
+def test_ddp_runs_every_stage_once_on_both_ranks(tmp_path):
+    """trainer=ddp on 2 CPU processes: each stage is one trainer.fit over both ranks, decided and reported
+    once (rank 0)."""
+    import subprocess
+
+    out = subprocess.run(_train_py(tmp_path / "run", *CLI, "trainer=ddp", "trainer.devices=2"),
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    log = out.stdout + out.stderr
+    assert log.count("stage 1/2 tokenizer: done") == 1 and log.count("pipeline in ") == 1
+    stages = json.loads((tmp_path / "run" / "pipeline.json").read_text())["stages"]
+    assert [s["status"] for s in stages] == ["trained", "trained"]
+    # 64 clouds / 2 ranks / batch 32 = one step per epoch, 2 epochs (debug=limit): each rank trained its
+    # shard of every stage once, in step with the other
+    assert [s["metrics"]["global_step"] for s in stages] == [2, 2]
+
+
+@pytest.mark.slow
+def test_sigkill_in_second_stage_then_resume_keeps_the_first(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import time
+
+    run_dir = tmp_path / "run"
+    cmd = _train_py(run_dir, *CLI)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    marker = run_dir / "tokenizer" / "stage.json"
+    deadline = time.time() + 600
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    assert marker.exists() and proc.poll() is None, "the first stage did not finish before the command ended"
+    time.sleep(3.0)  # inside the second stage
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "pretrain" / "stage.json").exists()
+    first = {p: p.stat().st_mtime_ns for p in (marker, run_dir / "tokenizer" / "checkpoints" / "last.ckpt")}
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert {p: p.stat().st_mtime_ns for p in first} == first
+    stages = json.loads((run_dir / "pipeline.json").read_text())["stages"]
+    assert stages[0]["status"] == "finished before" and stages[1]["status"] in ("trained", "resumed")
