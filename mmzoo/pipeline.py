@@ -31,7 +31,7 @@ Rules:
   what to skip from the same files (``RUN`` must be on a file system every rank sees), and only rank 0
   writes the stage files and prints.
 
-At the end ``RUN/pipeline.json`` lists every stage (run directory, checkpoint, wall time, metrics) and
+At the end ``RUN/pipeline.json`` lists every stage (run directory, checkpoint, wall and CPU time, metrics) and
 ``RUN/metrics.json`` holds the last stage's metrics.
 """
 from __future__ import annotations
@@ -241,7 +241,7 @@ def _run_stage(stage_cfg: DictConfig, stage: Stage, run_dir: Path, index: int, t
         handler = logging.FileHandler(out / "train.log")
         handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
         logging.getLogger().addHandler(handler)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         metrics = train(stage_cfg)
     finally:
@@ -250,7 +250,8 @@ def _run_stage(stage_cfg: DictConfig, stage: Stage, run_dir: Path, index: int, t
             handler.close()
         _finish_wandb()
     record = {"stage": stage.name, "run_dir": str(out), "checkpoint": str(ckpt), "overrides": list(stage.overrides),
-              "wall_s": round(time.perf_counter() - t0, 1), "resumed": resumed, "metrics": metrics}
+              "wall_s": round(time.perf_counter() - t0, 1), "cpu_s": round(time.process_time() - c0, 1),
+              "resumed": resumed, "metrics": metrics}
     if rank0:
         _write_json(record, marker)
         log.info("stage %d/%d %s: done in %.1f s, checkpoint %s", index, total, stage.name, record["wall_s"], ckpt)
@@ -329,5 +330,6 @@ def run_pipeline(cfg: DictConfig, overrides: Optional[Sequence[str]] = None,
         lines = [f"pipeline in {run_dir}:"]
         for r in records:
             lines.append(f"  {r['stage']:<12} {r['status']:<16} {r['wall_s']:>9.1f} s  {r['checkpoint']}")
+        lines.append("  (seconds: wall time of each stage when it ran; CPU time of this process in pipeline.json)")
         print("\n".join(lines))
     return metrics
