@@ -238,6 +238,7 @@ def _run_stage(stage_cfg: DictConfig, stage: Stage, run_dir: Path, index: int, t
     handler = None
     if rank0:
         out.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(stage_cfg, out / "config.yaml")  # the stage's composed config, hand-off paths included
         handler = logging.FileHandler(out / "train.log")
         handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
         logging.getLogger().addHandler(handler)

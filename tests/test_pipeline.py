@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 import mmzoo
 from mmzoo import training
@@ -58,6 +59,7 @@ def test_point_bert_stages_run_in_order_and_hand_on_the_tokenizer(tmp_path, caps
     assert dvae and dvae.keys() == {k[len("model."):] for k in tok}
     assert all(torch.equal(v, tok[f"model.{k}"]) for k, v in dvae.items())
     assert str(tok_ckpt) in capsys.readouterr().out  # where each stage went is printed
+    assert OmegaConf.load(run_dir / "pretrain" / "config.yaml").task.dvae_checkpoint == str(tok_ckpt)
 
 
 def test_resume_after_failure_in_second_stage_does_not_rerun_the_first(tmp_path, monkeypatch):
