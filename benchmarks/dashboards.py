@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import subprocess
 import sys
 import time
@@ -27,12 +28,12 @@ RUNS: dict[str, list[str]] = {
     "clip": ["model=clip"],
     "coca": ["model=coca"],
     "fusion": ["model=fusion"],
-    "timesformer": ["model=timesformer", "task.image_pretrain_steps=0"],
+    "timesformer": ["model=timesformer", "pipeline=none"],
     "wav2vec2": ["model=wav2vec2"],
     "wav2vec2_classification": ["model=wav2vec2", "task=audio_classification"],
     "wav2vec2_ctc": ["model=wav2vec2", "task=ctc"],
     "point_bert_dvae": ["model=point_bert_dvae"],
-    "point_bert": ["model=point_bert", "task.tokenizer_steps=5"],
+    "point_bert": ["model=point_bert"],  # a pipeline: the tokenizer stage first (10 steps under debug=limit)
     "point_classification": ["model=point_bert", "task=point_classification"],
     "gpt": ["model=gpt"],
     "bert": ["model=bert"],
@@ -92,6 +93,9 @@ def main() -> None:
         print("$", " ".join(cmd), flush=True)
         t0 = time.time()
         subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+        pipeline = run_dir / "pipeline.json"  # a pipeline of stages: the command's own run is the last stage
+        if pipeline.is_file():
+            run_dir = Path(json.loads(pipeline.read_text())["stages"][-1]["run_dir"])
         done[label] = run_dir
         rows.append((label, " ".join(RUNS[label]), logged_metrics(run_dir),
                      logged_media(run_dir, images_dir, label), time.time() - t0))

@@ -296,17 +296,18 @@ def batch_len(b) -> int:
 
 
 def measure(data: str, model: str, extra: list[str], args: argparse.Namespace) -> dict[str, float]:
+    overrides = [f"model={model}", f"data={data}", *extra, "trainer.accelerator=cpu",
+                 "paths.output_dir=/tmp/mmzoo_data_bench"]
+    if model == "point_bert" and not any(o.startswith("task.dvae_checkpoint=") for o in extra):
+        # Point-BERT pre-training reads its frozen dVAE tokenizer from task.dvae_checkpoint (`train.py` trains
+        # one first, as a stage of its own); an untrained tokenizer of the default preset costs the same per step
+        from plain_loop import save_model_checkpoint
+
+        dvae = save_model_checkpoint(mmzoo.create_model("point_bert_dvae_tiny"), Path(tempfile.mkdtemp()) / "dvae.ckpt")
+        overrides.append(f"task.dvae_checkpoint={dvae}")
     with initialize_config_dir(config_dir=str(ROOT / "configs"), version_base="1.3"):
-        cfg = compose("train", overrides=[f"model={model}", f"data={data}", *extra,
-                                          "trainer.accelerator=cpu", "paths.output_dir=/tmp/mmzoo_data_bench"])
+        cfg = compose("train", overrides=overrides)
     dm, task = build(cfg)
-    if getattr(task, "dvae", False) is None:
-        # Point-BERT pre-training gets its frozen dVAE tokenizer in setup(), which trains one for minutes
-        # when task.dvae_checkpoint is null; an untrained tokenizer of the configured preset (grouped as the
-        # model, as mmzoo.tasks.point_bert.ensure_tokenizer builds it) costs the same per step
-        m = task.model.cfg
-        task.dvae = mmzoo.create_model(cfg.task.tokenizer_model, num_groups=m.num_groups,
-                                       group_size=m.group_size).eval().requires_grad_(False)
     dm.setup("fit")
     if hasattr(task, "configure_from_data"):
         # the language-modelling task reads the tokenizer's special-token ids from the data module in

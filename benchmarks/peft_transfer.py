@@ -35,7 +35,7 @@ from mmzoo.peft import apply_peft, count_parameters, merge_lora, save_adaptation
 from mmzoo.peft.compress import magnitude_prune, model_bytes, prune_heads, quantize_int8
 from mmzoo.tasks.base import param_groups_weight_decay, warmup_cosine
 from mmzoo.tasks.distill import distillation_loss
-from mmzoo.tasks.stages import cycle, save_model_checkpoint
+from plain_loop import cycle, save_model_checkpoint
 
 
 def train(model, loader, steps: int, lr: float, weight_decay: float = 0.05, teacher=None, T: float = 4.0,

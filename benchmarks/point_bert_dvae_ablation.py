@@ -23,9 +23,10 @@ import torch
 import torch.nn as nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mmzoo  # noqa: E402
-from mmzoo.tasks.stages import cycle  # noqa: E402
+from plain_loop import cycle  # noqa: E402
 from mmzoo.data import ProceduralShapesDataModule  # noqa: E402
 from mmzoo.layers.points import chamfer_distance  # noqa: E402
 

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import mmzoo  # noqa: E402
 from mmzoo.data import ProceduralShapesDataModule  # noqa: E402
 from mmzoo.models.point_bert import DVAEOutput  # noqa: E402
-from mmzoo.tasks.point_bert import fit_dvae  # noqa: E402
+from plain_loop import fit_dvae  # noqa: E402
 from point_bert_dvae import evaluate  # noqa: E402
 
 MODES = ["point_bert", "lr3", "kl001", "kl0", "linear_logits", "gamma5", "hard", "no_noise", "ramp05", "ramp10"]

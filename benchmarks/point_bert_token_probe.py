@@ -18,9 +18,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mmzoo  # noqa: E402
-from mmzoo.tasks.stages import cycle  # noqa: E402
+from plain_loop import cycle  # noqa: E402
 from mmzoo.data import ProceduralShapesDataModule  # noqa: E402
 from mmzoo.models.point_bert import block_mask  # noqa: E402
 

@@ -133,7 +133,12 @@ def optimized_value(metrics: dict[str, Any], name: str | None) -> float | None:
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit (and test) as configured; returns the final metrics also written to ``metrics.json``."""
+    """Fit (and test) as configured; returns the final metrics also written to ``metrics.json``.
+    A config with ``pipeline.stages`` runs its stages first, each an ordinary run (:mod:`mmzoo.pipeline`)."""
+    if (cfg.get("pipeline") or {}).get("stages"):
+        from .pipeline import run_pipeline
+
+        return run_pipeline(cfg)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("seed") is not None:

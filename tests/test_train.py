@@ -187,8 +187,8 @@ def test_experiment_configs_compose(train_cfg):
 
 
 TS_TINY = ["model=timesformer", "data.num_train=16", "data.num_val=8", "data.num_test=8", "data.batch_size=8",
-           "data.image_size=16", "+model.patch_size=8", "data.num_frames=4", "task.image_pretrain_steps=2",
-           "task.image_pretrain_num_train=16", "task.image_pretrain_batch_size=8"]
+           "data.image_size=16", "+model.patch_size=8", "data.num_frames=4", "pipeline=none"]
+# pipeline=none: the video run alone (its image stage: tests/test_pipeline.py)
 
 
 @pytest.mark.parametrize("attention", ["divided_space_time", pytest.param("axial", marks=pytest.mark.slow)])

@@ -292,7 +292,7 @@ def create_model(
     model.model_name = name if name is not None else ckpt.model_name
     if ckpt is not None:
         load_pretrained(model, ckpt)
-        model.init_source = str(pretrained)  # where the weights came from (tasks skip init stages then)
+        model.init_source = str(pretrained)  # where the weights came from
     if features_only:
         if not hasattr(model, "forward_intermediates"):
             raise ValueError(f"features_only=True: {model.model_name} ({type(model).__name__}) has no "

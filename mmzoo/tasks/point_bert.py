@@ -2,23 +2,18 @@
 
 * :class:`PointDVAETask` trains the tokenizer (``model=point_bert_dvae``).
 * :class:`PointBERTPretrainTask` pre-trains Point-BERT by masked point modeling against the tokens of
-  a frozen dVAE (``model=point_bert``); with no dVAE checkpoint it first trains one, saying so.
+  a frozen dVAE (``model=point_bert``, ``task.dvae_checkpoint=PATH``).
 * :class:`PointClassificationTask` fine-tunes (``task=point_classification``), with optional test-time
-  voting; ``pretrain_steps > 0`` first runs the tokenizer and pre-training stages itself, so one command
-  runs the whole pipeline.
+  voting.
 
-The earlier stages run inside a task's ``setup`` as plain loops (:func:`fit_dvae`, :func:`fit_mpm`, on
-:func:`mmzoo.tasks.stages.fit_plain`)
-sharing their step functions with the Lightning tasks; each writes an mmzoo checkpoint
-(``RUN/tokenizer/last.ckpt``, ``RUN/pretrain/last.ckpt``) that ``create_model(pretrained=...)`` reads and
-that a resumed run reuses instead of training again.
+Each stage is an ordinary run; ``python train.py model=point_bert`` (tokenizer -> masked point modeling) and
+``experiment=point_bert_shapes`` (-> fine-tuning) run them in order as a pipeline (:mod:`mmzoo.pipeline`,
+``configs/pipeline/point_bert*.yaml``), each handed the previous one's checkpoint.
 """
 from __future__ import annotations
 
 import copy
-import logging
 import math
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import torch
@@ -31,13 +26,10 @@ from ..models import create_model
 from ..models.point_bert import PointBERT, PointDVAE, block_mask
 from .base import BaseTask
 from .classification import ClassificationTask
-from .stages import fit_plain, run_dir as _run_dir, save_model_checkpoint, stage_device
-
-log = logging.getLogger("mmzoo")
 
 
 # --------------------------------------------------------------------------------------------------
-# step functions shared by the Lightning tasks and the plain-loop stages
+# losses and schedules of the stages
 # --------------------------------------------------------------------------------------------------
 def cosine_anneal(start: float, end: float, progress: float) -> float:
     """``start`` at progress 0 to ``end`` at progress 1 along a half cosine."""
@@ -108,72 +100,18 @@ def _check_compatible(model: PointBERT, dvae: PointDVAE) -> None:
                          "model.group_size (or change them to match)")
 
 
-def fit_dvae(dvae: PointDVAE, loader, steps: int, lr: float = 1e-3, temperature: Sequence[float] = (1.0, 0.0625),
-             kl_weight: Sequence[float] = (0.0, 0.1), noise_ramp: float = 0.0,
-             device: Optional[torch.device] = None) -> dict[str, float]:
-    """Train the tokenizer for ``steps`` steps on ``loader`` batches ``(points, ...)`` (plain loop; the
-    schedules of :class:`PointDVAETask`)."""
-    device = device or next(dvae.parameters()).device
-    dvae.train()
-
-    def step(batch, progress):
-        return dvae_losses(dvae, batch[0].to(device), cosine_anneal(*temperature, progress),
-                           cosine_anneal(*kl_weight, progress), gumbel_noise_scale(noise_ramp, progress))
-
-    out = fit_plain(dvae, loader, steps, lr, step, "dVAE tokenizer")
-    dvae.eval()
-    return out
-
-
-def fit_mpm(model: PointBERT, dvae: PointDVAE, loader, steps: int, lr: float = 1e-3,
-            mask_ratio: Sequence[float] = (0.25, 0.45), device: Optional[torch.device] = None) -> dict[str, float]:
-    """Masked point modeling pre-training of ``model`` for ``steps`` steps (plain loop); the prediction
-    head is discarded afterwards, as in the paper."""
-    _check_compatible(model, dvae)
-    device = device or next(model.parameters()).device
-    lm_head = nn.Linear(model.cfg.dim, dvae.cfg.num_tokens).to(device)
-    model.train()
-
-    def step(batch, progress):
-        return mpm_losses(model, lm_head, dvae, batch[0].to(device), mask_ratio)
-
-    return fit_plain(nn.ModuleList([model, lm_head]), loader, steps, lr, step,
-                     "Point-BERT masked point modeling")
-
-
-def ensure_tokenizer(dvae_checkpoint: Optional[str], tokenizer_model: str, tokenizer_steps: int, tokenizer_lr: float,
-                     datamodule: Any, out_dir: Path, device: torch.device, model: PointBERT,
-                     tokenizer_noise_ramp: float = 0.0) -> PointDVAE:
-    """The dVAE of ``dvae_checkpoint``; without one, the dVAE this run trained before (resume) or a new
-    ``tokenizer_model`` (grouping clouds as ``model`` does) trained now for ``tokenizer_steps`` steps on
-    the data's training split."""
-    if dvae_checkpoint:
-        dvae = create_model(pretrained=dvae_checkpoint)
-        if not isinstance(dvae, PointDVAE):
-            raise ValueError(f"dvae_checkpoint={dvae_checkpoint} holds a {type(dvae).__name__}, not a Point-BERT "
-                             "dVAE (train one with `python train.py model=point_bert_dvae`)")
-        return dvae.to(device).eval().requires_grad_(False)
-    path = out_dir / "tokenizer" / "last.ckpt"
-    if path.is_file():
-        log.info("no dVAE checkpoint given: reusing the tokenizer this run trained before, %s", path)
-        return create_model(pretrained=path).to(device).eval().requires_grad_(False)
-    log.warning("no dVAE checkpoint given (task.dvae_checkpoint=null): training the tokenizer first: %s for %d "
-                "steps, saved to %s. Pass task.dvae_checkpoint=PATH to use a trained one "
-                "(`python train.py model=point_bert_dvae`).", tokenizer_model, tokenizer_steps, path)
-    dvae = create_model(tokenizer_model, num_groups=model.cfg.num_groups, group_size=model.cfg.group_size).to(device)
-    fit_dvae(dvae, datamodule.unlabeled_dataloader(), tokenizer_steps, tokenizer_lr,
-             noise_ramp=tokenizer_noise_ramp, device=device)
-    save_model_checkpoint(dvae, path)
+def load_tokenizer(dvae_checkpoint: Optional[str]) -> PointDVAE:
+    """The frozen dVAE of ``dvae_checkpoint`` (any file ``create_model(pretrained=...)`` reads)."""
+    if not dvae_checkpoint:
+        raise ValueError("task.dvae_checkpoint is null: masked point modeling needs a trained tokenizer. "
+                         "`python train.py model=point_bert` trains one first (configs/pipeline/point_bert.yaml); "
+                         "otherwise pass task.dvae_checkpoint=RUN/checkpoints/last.ckpt of "
+                         "`python train.py model=point_bert_dvae`")
+    dvae = create_model(pretrained=dvae_checkpoint)
+    if not isinstance(dvae, PointDVAE):
+        raise ValueError(f"task.dvae_checkpoint={dvae_checkpoint} holds a {type(dvae).__name__}, not a Point-BERT "
+                         "dVAE (train one with `python train.py model=point_bert_dvae`)")
     return dvae.eval().requires_grad_(False)
-
-
-def _datamodule(task: BaseTask) -> Any:
-    dm = getattr(task.trainer, "datamodule", None)
-    if dm is None or not hasattr(dm, "unlabeled_dataloader"):
-        raise ValueError("training a tokenizer or pre-training inside this run needs a point-cloud data module "
-                         "(data=procedural_shapes, modelnet40, shapenet55, point_folder)")
-    dm.setup("fit")
-    return dm
 
 
 # --------------------------------------------------------------------------------------------------
@@ -276,12 +214,8 @@ class PointBERTPretrainTask(BaseTask):
 
     Args:
         model: a :class:`PointBERT` (``num_classes=0``: its head is not used here).
-        dvae_checkpoint: the trained tokenizer (``model=point_bert_dvae`` run); None trains
-            ``tokenizer_model`` for ``tokenizer_steps`` steps first (logged) and saves it in the run.
-        tokenizer_model: preset of that fallback tokenizer.
-        tokenizer_steps: its training steps.
-        tokenizer_lr: its learning rate.
-        tokenizer_noise_ramp: its ``noise_ramp`` (see :class:`PointDVAETask`).
+        dvae_checkpoint: the trained tokenizer (``RUN/checkpoints/last.ckpt`` of a ``model=point_bert_dvae``
+            run; the ``point_bert`` pipeline hands over its tokenizer stage's).
         mask_ratio: range of the block-masking ratio, drawn per cloud.
         moco_weight: weight of the contrastive term (0 = off).
         moco_momentum: EMA momentum of the key encoder.
@@ -294,10 +228,8 @@ class PointBERTPretrainTask(BaseTask):
     """
 
     def __init__(self, model: PointBERT, dvae_checkpoint: Optional[str] = None,
-                 tokenizer_model: str = "point_bert_dvae_tiny", tokenizer_steps: int = 300, tokenizer_lr: float = 2e-3,
-                 tokenizer_noise_ramp: float = 0.0, mask_ratio: Sequence[float] = (0.25, 0.45),
-                 moco_weight: float = 0.0, moco_momentum: float = 0.999, moco_queue: int = 1024,
-                 moco_temperature: float = 0.07,
+                 mask_ratio: Sequence[float] = (0.25, 0.45), moco_weight: float = 0.0, moco_momentum: float = 0.999,
+                 moco_queue: int = 1024, moco_temperature: float = 0.07,
                  mix_weight: float = 0.0, mix_ratio: Sequence[float] = (0.0, 1.0), **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         if not isinstance(model, PointBERT):
@@ -306,16 +238,14 @@ class PointBERTPretrainTask(BaseTask):
             raise ValueError(f"task.mix_ratio={list(mix_ratio)}: expected [low, high] with 0 <= low <= high <= 1")
         if mix_weight < 0 or moco_weight < 0:
             raise ValueError(f"task.moco_weight={moco_weight} and task.mix_weight={mix_weight} must be >= 0")
-        from ..models import get_model_config
-
-        num_tokens = (create_model(pretrained=dvae_checkpoint).cfg.num_tokens if dvae_checkpoint
-                      else get_model_config(tokenizer_model).num_tokens)
+        # a frozen submodule (no gradients, kept in eval mode by mpm_losses): it moves with the task and is
+        # saved in its checkpoints, so a checkpoint carries the tokenizer its targets came from
+        self.dvae = load_tokenizer(dvae_checkpoint)
+        _check_compatible(model, self.dvae)
+        num_tokens = self.dvae.cfg.num_tokens
         self.lm_head = nn.Linear(model.cfg.dim, num_tokens)
         nn.init.trunc_normal_(self.lm_head.weight, std=0.02)
         nn.init.zeros_(self.lm_head.bias)
-        # set in setup(); then a frozen submodule (no gradients, kept in eval mode by mpm_losses): it moves
-        # with the task and is saved in its checkpoints, so a checkpoint carries the tokenizer its targets came from
-        self.dvae: Optional[PointDVAE] = None
         self.token_counts = torch.zeros(num_tokens, dtype=torch.long)
         self.val_point_samples: Optional[dict[str, torch.Tensor]] = None
         if moco_weight > 0 or mix_weight > 0:  # both contrast against the momentum encoder and its queue
@@ -325,14 +255,6 @@ class PointBERTPretrainTask(BaseTask):
             self.key_proj = copy.deepcopy(self.moco_proj).requires_grad_(False)
             self.register_buffer("queue", F.normalize(torch.randn(moco_queue, 256), dim=-1))
             self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
-
-    def setup(self, stage: str) -> None:
-        if self.dvae is None:
-            hp = self.hparams
-            dm = None if hp.dvae_checkpoint else _datamodule(self)
-            self.dvae = ensure_tokenizer(hp.dvae_checkpoint, hp.tokenizer_model, hp.tokenizer_steps, hp.tokenizer_lr,
-                                         dm, _run_dir(self), stage_device(self), self.model, hp.tokenizer_noise_ramp)
-            _check_compatible(self.model, self.dvae)
 
     @torch.no_grad()
     def momentum_keys(self, points: torch.Tensor) -> torch.Tensor:
@@ -422,63 +344,28 @@ class PointClassificationTask(ClassificationTask):
     """Point-cloud classification / Point-BERT fine-tuning.
 
     Fine-tune from a pre-trained checkpoint with ``model.pretrained=RUN/checkpoints/last.ckpt`` (the
-    classifier head is new when the class count differs). ``pretrain_steps > 0`` runs the earlier stages
-    in this run first: a tokenizer (``dvae_checkpoint`` or trained now) and ``pretrain_steps`` steps of
-    masked point modeling on the whole training split, labels unused.
+    classifier head is new when the class count differs); ``experiment=point_bert_shapes`` runs the
+    tokenizer and pre-training stages first (:mod:`mmzoo.pipeline`).
 
     Args:
         model: a point-cloud classifier mapping (B, N, 3) to logits.
+        num_classes: see :class:`ClassificationTask`.
+        label_smoothing: see :class:`ClassificationTask`.
+        class_names: see :class:`ClassificationTask`.
         vote_num: test-time voting: average the softmax of this many randomly scaled and shifted copies
             of each test cloud (Point-BERT votes 10 times; 1 = off).
         vote_scale: scale range of the voting augmentation (as Point-BERT's ScaleAndTranslate).
         vote_shift: largest shift of the voting augmentation.
-        pretrain_steps: masked point modeling steps before fine-tuning (0 = none).
-        pretrain_lr: that stage's learning rate.
-        mask_ratio: that stage's masking range.
         **kwargs: optimisation options of :class:`BaseTask`.
-
-    ``num_classes``, ``label_smoothing``, ``class_names``: see :class:`ClassificationTask`.
-    ``dvae_checkpoint``, ``tokenizer_model``, ``tokenizer_steps``, ``tokenizer_lr``, ``tokenizer_noise_ramp``:
-    the tokenizer of that stage (see :class:`PointBERTPretrainTask`).
     """
 
     def __init__(self, model: nn.Module, num_classes: int, label_smoothing: float = 0.0,
                  class_names: Optional[list[str]] = None, vote_num: int = 1,
-                 vote_scale: Sequence[float] = (2 / 3, 3 / 2), vote_shift: float = 0.2, pretrain_steps: int = 0,
-                 pretrain_lr: float = 1e-3, mask_ratio: Sequence[float] = (0.25, 0.45),
-                 dvae_checkpoint: Optional[str] = None, tokenizer_model: str = "point_bert_dvae_tiny",
-                 tokenizer_steps: int = 300, tokenizer_lr: float = 2e-3, tokenizer_noise_ramp: float = 0.0,
-                 **kwargs: Any) -> None:
+                 vote_scale: Sequence[float] = (2 / 3, 3 / 2), vote_shift: float = 0.2, **kwargs: Any) -> None:
         super().__init__(model, num_classes, label_smoothing, class_names, **kwargs)
         if vote_num < 1:
             raise ValueError(f"task.vote_num must be >= 1, got {vote_num}")
         self.save_hyperparameters(ignore=["model"])
-        self._pretrained_here = False
-
-    def setup(self, stage: str) -> None:
-        hp = self.hparams
-        if stage != "fit" or hp.pretrain_steps <= 0 or self._pretrained_here:
-            return
-        if not isinstance(self.model, PointBERT):
-            raise ValueError(f"task.pretrain_steps needs a Point-BERT model, got {type(self.model).__name__}")
-        self._pretrained_here = True
-        path = _run_dir(self) / "pretrain" / "last.ckpt"
-        if path.is_file():
-            log.info("reusing the pre-trained weights this run wrote before, %s", path)
-            sd = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
-            own = {k[len("model."):]: v for k, v in sd.items() if not k.startswith("model.head.")}
-            self.model.load_state_dict(own, strict=False)
-            return
-        dm = _datamodule(self)
-        device = stage_device(self)
-        self.model.to(device)  # the strategy would move it after setup anyway
-        dvae = ensure_tokenizer(hp.dvae_checkpoint, hp.tokenizer_model, hp.tokenizer_steps, hp.tokenizer_lr, dm,
-                                _run_dir(self), device, self.model, hp.tokenizer_noise_ramp)
-        log.warning("pre-training Point-BERT by masked point modeling for %d steps before fine-tuning "
-                    "(task.pretrain_steps)", hp.pretrain_steps)
-        fit_mpm(self.model, dvae, dm.unlabeled_dataloader(), hp.pretrain_steps, hp.pretrain_lr, hp.mask_ratio,
-                device=device)
-        save_model_checkpoint(self.model, path)
 
     def _vote(self, x: torch.Tensor) -> torch.Tensor:
         """Mean softmax over ``vote_num`` scaled / shifted copies (log-probabilities returned)."""

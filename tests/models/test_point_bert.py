@@ -10,7 +10,14 @@ import torch.nn.functional as F
 
 import mmzoo
 from mmzoo.models.point_bert import PointBERT, PointDVAE, block_mask
-from mmzoo.tasks.stages import save_model_checkpoint
+from mmzoo.convert import MMZOO_KEY, model_metadata
+
+def save_model_checkpoint(model, path):
+    """An mmzoo checkpoint of ``model`` alone, as a run's ``last.ckpt`` holds it (``model.`` keys + metadata)."""
+    torch.save({MMZOO_KEY: model_metadata(model), "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}},
+               path)
+    return path
+
 
 SMALL_BERT = dict(num_groups=8, group_size=8, depth=2)
 SMALL_DVAE = dict(num_groups=8, group_size=8, num_tokens=32)

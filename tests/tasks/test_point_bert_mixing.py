@@ -20,11 +20,18 @@ SMALL_DVAE = ["model=point_bert_dvae", "data.num_train=32", "data.num_val=16", "
 
 
 def _task(**kw) -> PointBERTPretrainTask:
+    import tempfile
+
+    from mmzoo.convert import MMZOO_KEY, model_metadata
+
     torch.manual_seed(0)
     model = create_model("point_bert_tiny", num_groups=8, group_size=8, depth=1, num_classes=0)
-    task = PointBERTPretrainTask(model, tokenizer_model="point_bert_dvae_tiny", moco_queue=16, **kw)
-    task.dvae = create_model("point_bert_dvae_tiny", num_groups=8, group_size=8).eval().requires_grad_(False)
-    return task
+    dvae = create_model("point_bert_dvae_tiny", num_groups=8, group_size=8)
+    with tempfile.TemporaryDirectory() as d:  # an mmzoo checkpoint of an untrained tokenizer
+        path = Path(d) / "dvae.ckpt"
+        torch.save({"state_dict": {f"model.{k}": v for k, v in dvae.state_dict().items()},
+                    MMZOO_KEY: model_metadata(dvae)}, path)
+        return PointBERTPretrainTask(model, dvae_checkpoint=str(path), moco_queue=16, **kw)
 
 
 def test_mixing_gradient_reaches_the_online_encoder_only():

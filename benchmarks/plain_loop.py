@@ -1,19 +1,18 @@
-"""Plain training loops for the stages a task runs in its ``setup`` before Lightning's own fit: Point-BERT's
-tokenizer and masked point modeling (:mod:`mmzoo.tasks.point_bert`), TimeSformer's image ViT
-(:mod:`mmzoo.tasks.video`). Each stage writes an mmzoo checkpoint (:func:`save_model_checkpoint`) that
-``create_model(pretrained=...)`` reads and that a resumed run reuses instead of training again."""
+"""A plain training loop for benchmark scripts that train small models outside ``train.py`` (ablations
+that patch a model's forward, probes, PEFT transfer studies). mmzoo's own recipes train only through
+Lightning runs (``train.py``; stages as pipelines: mmzoo/pipeline.py)."""
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
-from ..convert import MMZOO_KEY, model_metadata
-from .base import build_adamw, warmup_cosine
-from .checkpoint_io import atomic_torch_save
+from mmzoo.convert import MMZOO_KEY, model_metadata
+from mmzoo.tasks.base import build_adamw, warmup_cosine
+from mmzoo.tasks.checkpoint_io import atomic_torch_save
 
 log = logging.getLogger("mmzoo")
 
@@ -34,10 +33,8 @@ def cycle(loader: Iterable) -> Iterator:
 def fit_plain(module: nn.Module, loader: Iterable, steps: int, lr: float,
               step_fn: Callable[[Any, float], dict[str, torch.Tensor]], name: str, weight_decay: float = 0.05,
               log_every: int = 50) -> dict[str, float]:
-    """AdamW with warmup + cosine for ``steps`` steps of ``step_fn(batch, progress) -> {"loss": ..., ...}``
-    (progress runs 0 -> 1) over ``module``'s trainable parameters; gradients clipped to norm 1. The
-    optimizer is the Lightning tasks' (:func:`~mmzoo.tasks.base.build_adamw`: no decay for biases, norms,
-    embeddings and a model's ``no_weight_decay()``). Returns the last step's scalars."""
+    """AdamW (mmzoo's decay groups) with warmup + cosine for ``steps`` steps of ``step_fn(batch, progress)``
+    (progress runs 0 -> 1); gradients clipped to norm 1. Returns the last logged step's scalars."""
     opt = build_adamw(module, lr, weight_decay)
     params = [p for g in opt.param_groups for p in g["params"]]
     warmup = max(1, steps // 20)
@@ -58,23 +55,27 @@ def fit_plain(module: nn.Module, loader: Iterable, steps: int, lr: float,
     return last
 
 
+def fit_dvae(dvae: nn.Module, loader, steps: int, lr: float = 1e-3, temperature: Sequence[float] = (1.0, 0.0625),
+             kl_weight: Sequence[float] = (0.0, 0.1), noise_ramp: float = 0.0,
+             device: Optional[torch.device] = None) -> dict[str, float]:
+    """The Point-BERT tokenizer's objective and schedules (as ``task=dvae``) in the plain loop."""
+    from mmzoo.tasks.point_bert import cosine_anneal, dvae_losses, gumbel_noise_scale
+
+    device = device or next(dvae.parameters()).device
+    dvae.train()
+
+    def step(batch, progress):
+        return dvae_losses(dvae, batch[0].to(device), cosine_anneal(*temperature, progress),
+                           cosine_anneal(*kl_weight, progress), gumbel_noise_scale(noise_ramp, progress))
+
+    out = fit_plain(dvae, loader, steps, lr, step, "dVAE tokenizer")
+    dvae.eval()
+    return out
+
+
 def save_model_checkpoint(model: nn.Module, path: Path) -> Path:
     """An mmzoo checkpoint of ``model`` alone (readable by ``create_model(pretrained=path)``)."""
     state = {MMZOO_KEY: model_metadata(model),
              "state_dict": {f"model.{k}": v.detach().cpu() for k, v in model.state_dict().items()}}
-    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(state, path)
-    return path
-
-
-def stage_device(task: Any) -> torch.device:
-    """Where a stage run in ``setup`` should train: the device training will run on (``setup`` runs before
-    the strategy moves the task there)."""
-    trainer = task.trainer if task._trainer is not None else None
-    return trainer.strategy.root_device if trainer is not None else task.device
-
-
-def run_dir(task: Any) -> Path:
-    """The run directory of a task's trainer (``hydra.run.dir``)."""
-    trainer = task.trainer
-    return Path(trainer.default_root_dir if trainer is not None else ".")
+    return Path(path)
