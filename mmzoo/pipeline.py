@@ -225,9 +225,8 @@ def _run_stage(stage_cfg: DictConfig, stage: Stage, run_dir: Path, index: int, t
         return {**record, "status": "finished before"}
     with open_dict(stage_cfg):
         stage_cfg.paths.output_dir = str(out)
-        if "wandb" in (stage_cfg.get("logger") or {}):  # one W&B run per stage, grouped by pipeline run
-            stage_cfg.logger.wandb.name = f"{stage_cfg.logger.wandb.get('name') or 'train'}/{stage.name}"
-            stage_cfg.logger.wandb.group = stage_cfg.logger.wandb.get("group") or run_dir.name
+        # one W&B run per stage (named MODEL-DATA-ID by mmzoo.run_info), grouped by the pipeline's run
+        stage_cfg.group = stage_cfg.get("group") or run_dir.name
         stage_cfg.pipeline = {"stages": {}}
         resumed = ckpt.is_file()
         if resumed:  # interrupted before: continue from its own last checkpoint
