@@ -34,7 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("info", help="describe a checkpoint")
     p.add_argument("ckpt")
     args = parser.parse_args(argv)
+    try:
+        return _run(parser, args)
+    except (OSError, ValueError) as e:  # a missing or unreadable checkpoint: one line naming the file
+        parser.exit(1, f"error: {printable(e)}\n")
 
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.cmd == "models":
         from mmzoo import list_models
 
