@@ -167,6 +167,9 @@ def describe_file(path: PathLike) -> str:
         return f"a zip archive ({size:,} bytes)"
     if is_safetensors(path):
         return f"a safetensors file ({size:,} bytes)"
+    if len(head) >= 9 and head[8:9] == b"{":  # a safetensors header length, then JSON, but the file ends first
+        return (f"a safetensors file cut short ({size:,} bytes; its header alone claims "
+                f"{struct.unpack('<Q', head[:8])[0]:,})")
     if head[:1] == b"\x80":
         return f"a pickle ({size:,} bytes)"
     if head.startswith(b"\x93NUMPY"):
@@ -226,8 +229,8 @@ def load(path: PathLike, *, mmap: bool = False) -> Any:
     fmt = _torch_format(p)
     if fmt is None:
         what = describe_file(p)
-        hint = (" (a safetensors file: read it with mmzoo.create_model(pretrained=...) or safetensors)"
-                if what.startswith("a safetensors") else "")
+        hint = ("; read it with mmzoo.create_model(pretrained=...) or safetensors.torch.load_file"
+                if what.startswith("a safetensors file (") else "")
         raise CheckpointError(f"{p} is not a torch checkpoint: it is {what}{hint}")
     try:
         return torch.load(p, map_location="cpu", weights_only=True, mmap=mmap and fmt == "zip")
@@ -409,7 +412,9 @@ def _read_safetensors(p: Path) -> Checkpoint:
     from safetensors.torch import load_file
 
     if not is_safetensors(p):
-        raise CheckpointError(f"{p} is named .safetensors but is {describe_file(p)}, not a safetensors file")
+        what = describe_file(p)
+        raise CheckpointError(f"{p} is {what}: copy or export it again" if "safetensors" in what else
+                              f"{p} is named .safetensors but is {what}, not a safetensors file")
     try:
         sd = load_file(str(p), device="cpu")
         with safe_open(str(p), framework="pt") as f:

@@ -26,6 +26,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def load_checkpoint(self, path, map_location: Optional[Any] = None, weights_only: Optional[bool] = None):
         # mmzoo checkpoints hold only tensors and plain containers: always load them safely (on CPU;
         # Lightning moves the states where they belong)
+        if Path(path).is_file() and ckpt_lib.is_safetensors(path):
+            ckpt_lib.read_training_checkpoint(path)  # raises: weights only, and what to do instead
         obj = ckpt_lib.load(path)
         if not isinstance(obj, dict) or ckpt_lib.LIGHTNING_VERSION_KEY not in obj or "state_dict" not in obj:
             ckpt_lib.read_training_checkpoint(path)  # raises, saying what the file is and what to do
