@@ -180,6 +180,8 @@ def describe_file(path: PathLike) -> str:
         text = head.decode("utf-8")
     except UnicodeDecodeError as e:  # a multi-byte character cut at the end of the head is still text
         text = head[:e.start].decode("utf-8") if e.start > len(head) - 4 else None
+    if text is not None and text.startswith("version https://git-lfs"):
+        return "a Git LFS pointer, not the file it stands for (fetch it with git lfs pull)"
     if text is not None and all(ch.isprintable() or ch in "\t\r\n\f" for ch in text):
         first = text.strip().splitlines()[0][:60] if text.strip() else ""
         return f"a text file beginning {first!r} ({size:,} bytes)"

@@ -92,6 +92,7 @@ def _corpus(d: Path, marker: Path) -> dict[str, tuple[Path, str]]:
         "empty": (b"", r"is not a torch checkpoint: it is an empty file \(0 bytes\)"),
         "text": (b"step: 1000\nloss: 0.25\n", r"is not a torch checkpoint: it is a text file beginning 'step: 1000'"),
         "npy": (b"\x93NUMPY\x01\x00v\x00{'descr': '<f4'", r"is not a torch checkpoint: it is a NumPy \.npy array"),
+        "lfs": (b"version https://git-lfs.github.com/spec/v1\noid sha256:4d7a\nsize 1302\n", r"it is a Git LFS pointer"),
     }
     for off in (4, 64, len(data) // 3, len(data) // 2, len(data) - 22, len(data) - 1):
         files[f"zip_cut_{off}"] = (data[:off], r"is a torch checkpoint \(zip format\) that is truncated or damaged")
@@ -220,7 +221,7 @@ def test_config_bomb_fails_before_allocating(tmp_path):
     model = mmzoo.create_model("vit_nano_patch4_32")
     for change, phrase in (({"embed_dim": 16384}, r"\d+ of its \d+ tensors have other shapes than the config gives "
                                                   r"\(first: .* is \(.*64.*\) in the file, \(.*16384.*\) from the config\)"),
-                           ({"depth": 100}, r"98 blocks|tensors of the model are not in the file \(first: \['blocks\.2\.")):
+                           ({"depth": 100}, r"\d+ tensors of the model are not in the file \(first: \['blocks\.2\.")):
         ckpt = ckpt_lib.mmzoo_checkpoint(model)
         ckpt["mmzoo"]["config"].update(change)
         bomb = tmp_path / f"bomb_{next(iter(change))}.ckpt"
