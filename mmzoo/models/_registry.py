@@ -308,6 +308,9 @@ def create_model(
     ckpt = read_checkpoint(pretrained) if pretrained is not None else None
     if ckpt is not None and ckpt.config is not None and (name is None or name == ckpt.model_name):
         cfg = replace_config(config_from_checkpoint(ckpt), overrides)
+    elif name is None and ckpt is None:
+        raise ValueError("create_model needs a model name (see mmzoo.list_models()) unless `pretrained` is an mmzoo "
+                         "checkpoint holding its config")
     elif name is None:
         raise ValueError(f"{pretrained!s} is a foreign checkpoint ({len(ckpt.state_dict)} tensors, first keys "
                          f"{list(ckpt.state_dict)[:3]}) without mmzoo's model config, so create_model needs the "
