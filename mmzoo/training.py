@@ -140,6 +140,11 @@ def train(cfg: DictConfig) -> dict[str, float]:
         raise ValueError(f"test_ckpt={cfg.test_ckpt!r} is invalid; valid choices: {list(TEST_CKPT_CHOICES)} (the "
                          "best validation checkpoint or the final weights)")
     ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None and Path(ckpt_path).is_dir():
+        raise ckpt_lib.CheckpointError(
+            f"ckpt_path={ckpt_path} is a folder: a run resumes from a checkpoint file such as "
+            "DIR/checkpoints/last.ckpt (a sharded trainer=fsdp folder: python -m mmzoo.distributed consolidate "
+            "FOLDER OUT.ckpt makes one)")
     if ckpt_path is not None and not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist; pass a checkpoint file such as "
                                 "DIR/checkpoints/last.ckpt")

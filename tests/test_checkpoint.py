@@ -164,6 +164,7 @@ def test_broken_files_through_the_command_lines(train_cfg, tmp_path):
     # train.py: checked before the data or the model are built
     _raises(lambda p: train(train_cfg(*TINY, f"ckpt_path={p}")), path, phrase)
     _raises(lambda p: train(train_cfg(*TINY, f"finetune.from={p}")), *corpus["text"])
+    _raises(lambda p: train(train_cfg(*TINY, f"ckpt_path={p}")), tmp_path, r"is a folder: a run resumes from a checkpoint file")
     assert not list(tmp_path.glob("run/checkpoints/*"))
 
 
