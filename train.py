@@ -4,10 +4,11 @@ from omegaconf import DictConfig
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
-def main(cfg: DictConfig) -> None:
-    from mmzoo.training import train
+def main(cfg: DictConfig) -> float | None:
+    from mmzoo.training import optimized_value, train
 
-    train(cfg)
+    # a sweeper (configs/hparams_search/) optimises the value returned here
+    return optimized_value(train(cfg), cfg.get("optimized_metric"))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ the task's ``model.`` prefix, ``optimizer_states``, ``loops``, ``callbacks`` ...
 * ``mmzoo``: ``arch``, ``model_name``, ``config`` -- the model rebuilt from the file alone
   (:func:`model_metadata`);
 * ``mmzoo_run``: the run's ``seed``, ``data`` config, ``world_size`` and ``accumulate_grad_batches``, compared
-  with a resuming run's (:func:`run_config_differences`).
+  with a resuming run's (:func:`run_config_differences`), beside the run's name and W&B id
+  (``mmzoo.run_info``).
 """
 from __future__ import annotations
 
@@ -532,12 +533,16 @@ def _flatten(node: Any, prefix: str) -> dict[str, Any]:
 
 def run_config_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """``"data.batch_size: 32 in the checkpoint, 64 now"`` for each setting of :func:`run_record` that differs.
+    Settings the checkpoint does not hold (written by an older mmzoo) are not compared; the entry's other
+    keys (the run's name, its W&B id) neither.
 
     Args:
         stored: the checkpoint's ``mmzoo_run`` entry.
         current: :func:`run_record` of the resuming run.
     """
-    a, b = _flatten(dict(stored), ""), _flatten(dict(current), "")
+    common = set(stored) & set(current)
+    a = _flatten({k: v for k, v in stored.items() if k in common}, "")
+    b = _flatten({k: v for k, v in current.items() if k in common}, "")
     missing = object()
     diffs = []
     for k in sorted(set(a) | set(b)):

@@ -3,6 +3,8 @@
     mmzoo models [PATTERN]           list model presets
     mmzoo export CKPT OUT.safetensors export a checkpoint's weights (config kept in the metadata)
     mmzoo info CKPT                  describe a checkpoint
+    mmzoo plot RUN [RUN ...]         one PNG per logged metric with every run's curve (from the CSV logs)
+    mmzoo compare RUN [RUN ...]      the runs' final metrics side by side
 """
 from __future__ import annotations
 
@@ -33,6 +35,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("out")
     p = sub.add_parser("info", help="describe a checkpoint")
     p.add_argument("ckpt")
+    p = sub.add_parser("plot", help="draw the logged curves of runs, one PNG per metric")
+    p.add_argument("runs", nargs="+", help="run directories (holding csv/metrics.csv)")
+    p.add_argument("--out", default="plots", help="output directory for the PNGs (default: plots)")
+    p.add_argument("--metrics", default="", help="regular expression selecting metric names, e.g. 'val/'")
+    p = sub.add_parser("compare", help="print the final metrics of runs side by side")
+    p.add_argument("runs", nargs="+", help="run directories (holding metrics.json or csv/metrics.csv)")
+    p.add_argument("--metrics", default="", help="regular expression selecting metric names, e.g. 'test/'")
     args = parser.parse_args(argv)
     try:
         return _run(parser, args)
@@ -62,6 +71,18 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         if ckpt.config:
             for k, v in ckpt.config.items():
                 print(f"  {printable(k)}: {printable(v)}")
+    elif args.cmd in ("plot", "compare"):
+        from mmzoo import runs
+
+        try:
+            if args.cmd == "plot":
+                for path in runs.plot(args.runs, args.out, args.metrics):
+                    print(f"wrote {path}")
+            else:
+                print(runs.compare(args.runs, args.metrics))
+        except (FileNotFoundError, ValueError) as e:
+            print(f"mmzoo {args.cmd}: {e}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -16,11 +16,12 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import ProgressBar
+from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from . import checkpoint as ckpt_lib
 from .models import create_model
+from . import console, run_info
 from .models.speed import apply_speed_options
 from .peft import apply_peft, save_adaptation
 from .tasks.checkpoint_io import AtomicCheckpointIO, RunRecord
@@ -127,7 +128,24 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule]:
     model = apply_speed_options(model, **speed)
     task_cfg = resolve_auto(OmegaConf.to_container(cfg.task, resolve=True), hints, "task")
     task = instantiate(task_cfg, model=model, _convert_="all")
+    # the values actually used, for the loggers (mmzoo.run_info.logged_config)
+    task.resolved_config = {"model": {**model_kwargs, "pretrained": pretrained}, "task": task_cfg}
     return dm, task
+
+
+def optimized_value(metrics: dict[str, Any], name: str | None) -> float | None:
+    """The final value of the metric a sweep optimises (``optimized_metric``), or None without a sweep.
+
+    Args:
+        metrics: the run's final metrics (what :func:`train` returns).
+        name: the metric's key, e.g. ``val/acc1``.
+    """
+    if not name:
+        return None
+    if name not in metrics:
+        numeric = sorted(k for k, v in metrics.items() if isinstance(v, (int, float)))
+        raise KeyError(f"optimized_metric={name} is not among the run's final metrics; choose one of {numeric}")
+    return float(metrics[name])
 
 
 def train(cfg: DictConfig) -> dict[str, float]:
@@ -151,10 +169,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
     # checked before anything is built; tensors memory-mapped, not read
     resume = ckpt_lib.read_training_checkpoint(ckpt_path, mmap=True) if ckpt_path is not None else None
 
+    console.single_log_lines()
+    run_info.prepare(cfg)
     dm, task = build(cfg)
-    callbacks = _instantiate_group(cfg.get("callbacks"))
+    callbacks = _instantiate_group(cfg.get("callbacks")) + [run_info.RunInfo(cfg.run_name)]
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    if cfg.trainer.get("enable_model_summary", True) and not any(isinstance(c, ModelSummary) for c in callbacks):
+        callbacks.append(console.ModelSummary(max_depth=1))
     record = RunRecord({})
     loggers = _instantiate_group(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, record], logger=loggers or False,
@@ -163,12 +185,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
                                         trainer.world_size, trainer.accumulate_grad_batches)
     _prepare_resume(cfg, trainer, resume, record.record)
     del resume
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = run_info.logged_config(cfg, task.model, task.resolved_config["model"], task.resolved_config["task"])
     for lg in trainer.loggers:
         lg.log_hyperparams(resolved)
     if trainer.is_global_zero:
         log.info("model %s: %s", task.model.model_name, describe_parameters(task.model))
-        log.info("run directory: %s", out_dir)
+        log.info("run %s, directory: %s", cfg.run_name, out_dir)
 
     trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
     if trainer.interrupted:
@@ -188,7 +210,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
             metrics.update({k: float(v) for k, v in results[0].items()})
         metrics["test_checkpoint"] = best if use_best else "last"  # type: ignore[assignment]
     metrics["global_step"] = trainer.global_step
+    run_info.finish_loggers(trainer)
     if trainer.is_global_zero:
         _atomic_write_json(metrics, out_dir / "metrics.json")
         print(json.dumps(metrics, indent=2, sort_keys=True))
+        log.info("%s", console.outputs_summary(trainer, out_dir))
     return metrics

@@ -301,9 +301,24 @@ def create_model(
             checkpoint, which holds its own config.
         pretrained: path to weights: an mmzoo / Lightning checkpoint (``.ckpt``), an exported
             ``.safetensors``, or a foreign checkpoint (timm ...) whose format is detected from its keys.
-        **overrides: config fields to change (e.g. ``num_classes=10``, ``img_size=32``).
+        **overrides: config fields to change (e.g. ``num_classes=10``, ``img_size=32``). Also, as timm:
+            ``features_only=True`` (with ``out_indices``, default the last 3 blocks) returns a module whose
+            forward gives the feature maps of those blocks (ViT).
     """
     from ..convert import load_pretrained, read_checkpoint
+
+    if isinstance(pretrained, bool):
+        if not pretrained:
+            pretrained = None
+        else:
+            raise ValueError(
+                "pretrained=True: mmzoo downloads no weights. Pass a file: an mmzoo checkpoint (.ckpt), an "
+                "exported .safetensors, or reference weights in timm / open_clip / Hugging Face format that you "
+                "downloaded yourself (e.g. timm's vit_small_patch16_224 model.safetensors from the Hugging Face "
+                "hub); see docs/models/vit.md, 'Reference weights'")
+    features_only = overrides.pop("features_only", False)
+    out_indices = overrides.pop("out_indices", 3)
+    feature_norm = overrides.pop("feature_norm", False)
 
     ckpt = read_checkpoint(pretrained) if pretrained is not None else None
     if ckpt is not None and ckpt.config is not None and (name is None or name == ckpt.model_name):
@@ -323,4 +338,11 @@ def create_model(
     if ckpt is not None:
         load_pretrained(model, ckpt)
         model.init_source = str(pretrained)  # where the weights came from (tasks skip init stages then)
+    if features_only:
+        if not hasattr(model, "forward_intermediates"):
+            raise ValueError(f"features_only=True: {model.model_name} ({type(model).__name__}) has no "
+                             "forward_intermediates; feature maps are offered by the ViT family")
+        from .vit import FeatureExtractor
+
+        return FeatureExtractor(model, out_indices, norm=feature_norm)
     return model

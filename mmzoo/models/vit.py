@@ -140,6 +140,10 @@ class VisionTransformer(nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable
 
+    def get_classifier(self) -> nn.Module:
+        """The classification head (timm's API)."""
+        return self.head
+
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """Replace the head (e.g. for fine-tuning on another label set)."""
         self.num_classes = num_classes
@@ -168,6 +172,45 @@ class VisionTransformer(nn.Module):
         x = run_blocks(self.blocks, x, self.grad_checkpointing)
         return self.norm(x)
 
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: Union[int, Sequence[int], None] = None,
+        norm: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> Union[list[torch.Tensor], tuple[torch.Tensor, list[torch.Tensor]]]:
+        """The outputs of chosen blocks, as timm's ``forward_intermediates`` returns them.
+
+        Args:
+            x: images (B, C, H, W).
+            indices: an int n takes the last n blocks; a sequence takes those block indices (negative
+                ones count from the end); None takes every block.
+            norm: apply the final norm to each intermediate.
+            output_fmt: ``"NCHW"`` feature maps (B, D, H/p, W/p) without prefix tokens, or ``"NLC"`` tokens
+                (B, N, D) without prefix tokens.
+            intermediates_only: return only the intermediates, not the final normed tokens as well.
+
+        Returns:
+            The intermediates, or ``(final tokens, intermediates)``.
+        """
+        if output_fmt not in ("NCHW", "NLC"):
+            raise ValueError(f"output_fmt must be 'NCHW' or 'NLC', got {output_fmt!r}")
+        take = feature_indices(len(self.blocks), indices)
+        gh, gw = x.shape[-2] // self.patch_embed.patch_size[0], x.shape[-1] // self.patch_embed.patch_size[1]
+        x = self.patch_embed(x)  # (B, N, D)
+        x = self.norm_pre(self._pos_embed(x, (gh, gw)))
+        out = []
+        for i, blk in enumerate(self.blocks[: max(take) + 1] if intermediates_only else self.blocks):
+            x = blk(x)
+            if i in take:
+                y = self.norm(x) if norm else x
+                y = y[:, self.num_prefix_tokens:]  # (B, N, D)
+                if output_fmt == "NCHW":
+                    y = y.reshape(y.shape[0], gh, gw, -1).permute(0, 3, 1, 2).contiguous()  # (B, D, gh, gw)
+                out.append(y)
+        return out if intermediates_only else (self.norm(x), out)
+
     def pool(self, x: torch.Tensor) -> torch.Tensor:
         """Tokens (B, L, D) -> (B, D) by the configured pooling."""
         if self.global_pool == "avg":
@@ -185,6 +228,47 @@ class VisionTransformer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) -> logits (B, num_classes) (pooled features when num_classes == 0)."""
         return self.forward_head(self.forward_features(x))
+
+
+def feature_indices(depth: int, indices: Union[int, Sequence[int], None]) -> list[int]:
+    """Block indices in ``range(depth)`` from timm's forms: None (all), n (the last n), or a list (negative
+    indices count from the end)."""
+    if indices is None:
+        return list(range(depth))
+    if isinstance(indices, int):
+        if not 0 < indices <= depth:
+            raise ValueError(f"indices={indices}: take the last n blocks with 0 < n <= depth ({depth})")
+        return list(range(depth - indices, depth))
+    out = []
+    for i in indices:
+        j = i + depth if i < 0 else i
+        if not 0 <= j < depth:
+            raise ValueError(f"block index {i} is out of range for a model of depth {depth}")
+        out.append(j)
+    return sorted(set(out))
+
+
+class FeatureExtractor(nn.Module):
+    """A ViT that returns feature maps of chosen blocks, as ``timm.create_model(..., features_only=True)``:
+    ``forward(x)`` is a list of (B, D, H/p, W/p) tensors; ``feature_info`` lists each output's block,
+    channels and reduction (the patch size).
+
+    Args:
+        model: the ViT.
+        out_indices: blocks to return (timm's forms: n for the last n, or a list); default the last 3.
+        norm: apply the final norm to each output.
+    """
+
+    def __init__(self, model: "VisionTransformer", out_indices: Union[int, Sequence[int]] = 3, norm: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.out_indices = feature_indices(len(model.blocks), out_indices)
+        self.norm = norm
+        self.feature_info = [{"module": f"blocks.{i}", "num_chs": model.embed_dim,
+                              "reduction": model.patch_embed.patch_size[0]} for i in self.out_indices]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        return self.model.forward_intermediates(x, self.out_indices, norm=self.norm, intermediates_only=True)
 
 
 # -- presets (shapes and names as timm) ------------------------------------------------------------

@@ -11,6 +11,10 @@
   measure accuracy), the int8 tensors and scales are returned (to measure or store the size).
 
 Classifier heads are left alone by default (``skip``), as is usual for compression studies.
+
+These are one-shot, in-place helpers on dense weights. :mod:`mmzoo.compress` holds the full methods:
+persistent masks through retraining, iterative schedules, a sparse export that shrinks on disk, k-means
+quantization, int8 weights kept as int8 with integer matmuls, W8A8 calibration and SmoothQuant.
 """
 from __future__ import annotations
 

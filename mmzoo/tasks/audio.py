@@ -143,7 +143,7 @@ class CTCTask(BaseTask):
         self.log("train/loss", loss, prog_bar=True)
         return self.check_loss(loss)
 
-    def _eval(self, batch, prefix: str) -> None:
+    def _eval(self, batch, prefix: str) -> tuple[list[str], list[str]]:
         loss, logits, frames = self._loss(batch)
         hyps = self.greedy_decode(logits, frames)
         tokens, tok_len = batch[1]
@@ -154,9 +154,15 @@ class CTCTask(BaseTask):
         self.log(f"{prefix}/loss", loss, on_epoch=True, sync_dist=True)
         self.log(f"{prefix}/cer", self.metrics[f"{prefix}_cer"], on_epoch=True, prog_bar=prefix == "val")
         self.log(f"{prefix}/wer", self.metrics[f"{prefix}_wer"], on_epoch=True)
+        return hyps, refs
 
     def validation_step(self, batch, batch_idx: int) -> None:
-        self._eval(batch, "val")
+        hyps, refs = self._eval(batch, "val")
+        if batch_idx == 0:  # a table for the dashboards (mmzoo.monitoring.LogTextSamples)
+            from torchmetrics.functional.text import char_error_rate
+
+            self.text_samples = [{"hypothesis": h, "reference": r, "cer": float(char_error_rate([h], [r]))}
+                                 for h, r in list(zip(hyps, refs))[:8]]
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval(batch, "test")

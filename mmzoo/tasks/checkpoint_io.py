@@ -46,4 +46,4 @@ class RunRecord(L.Callback):
         self.record = dict(record)
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, ckpt: dict[str, Any]) -> None:
-        ckpt[ckpt_lib.RUN_KEY] = self.record
+        ckpt.setdefault(ckpt_lib.RUN_KEY, {}).update(self.record)  # beside mmzoo.run_info's name and W&B id

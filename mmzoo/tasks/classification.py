@@ -75,12 +75,13 @@ class ClassificationTask(BaseTask):
         self.log_dict(metrics, on_epoch=True, prog_bar=prefix == "val")
         return logits
 
-    def validation_step(self, batch, batch_idx: int) -> None:
+    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
         logits = self._eval_step(batch, self.val_metrics, "val")
         if batch_idx == 0:
             # kept for sample-prediction logging (mmzoo.tasks.callbacks.LogSamplePredictions)
             x = batch[0][:, 0] if torch.is_tensor(batch[0]) and batch[0].dim() == 6 else batch[0]  # first view of multi-view clips
             self.val_samples = (x[:16].detach().cpu(), batch[1][:16].cpu(), logits[:16].argmax(-1).cpu())
+        return logits.detach()  # for the confusion matrix (mmzoo.monitoring.ConfusionMatrix)
 
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, self.test_metrics, "test")

@@ -231,7 +231,10 @@ class LanguageModelingTask(BaseTask):
         if getattr(self.model, "pos_embed", None) is not None:  # a position table: stay inside it
             n = min(n, self.model.cfg.context_length - prompt.shape[1])
         out = self.model.generate(prompt, n, eot_token_id=tok.eot_token_id)
-        log.info("%s sample: %r -> %r", prefix, tok.decode(prompt[0]), tok.decode(out[0, prompt.shape[1]:]))
+        text_in, text_out = tok.decode(prompt[0]), tok.decode(out[0, prompt.shape[1]:])
+        log.info("%s sample: %r -> %r", prefix, text_in, text_out)
+        # a table row for the dashboards (mmzoo.monitoring.LogTextSamples)
+        self.text_samples = [{"step": self.global_step, "prompt": text_in, "generation": text_out}]
 
     def on_validation_epoch_end(self) -> None:
         self._epoch_end("val")

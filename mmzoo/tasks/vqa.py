@@ -103,12 +103,13 @@ class VQATask(BaseTask):
     def on_train_epoch_end(self) -> None:
         self._log_accuracy(self.train_acc, "train")
 
-    def validation_step(self, batch, batch_idx: int) -> None:
+    def validation_step(self, batch, batch_idx: int) -> torch.Tensor:
         _, logits = self._step(batch, self.val_acc, "val")
         if batch_idx == 0:
             # kept for sample-prediction logging (mmzoo.tasks.callbacks.LogSamplePredictions)
             self.val_samples = (batch["image"][:16].detach().cpu(), batch["answer"][:16].cpu(),
                                 logits[:16].argmax(-1).cpu())
+        return logits.detach()  # for the confusion matrix (mmzoo.monitoring.ConfusionMatrix)
 
     def on_validation_epoch_end(self) -> None:
         self._log_accuracy(self.val_acc, "val")
