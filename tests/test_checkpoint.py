@@ -283,6 +283,7 @@ def test_resume_warns_about_changed_settings_and_removes_stale_files(train_cfg, 
     # the checkpoint stores what is compared
     stored = torch.load(ckpts / "last.ckpt", weights_only=True, mmap=True)[ckpt_lib.RUN_KEY]
     assert stored["seed"] == 7 and stored["data"]["batch_size"] == 8 and stored["world_size"] == 1
+    assert stored["name"] == resumed.run_name  # beside mmzoo.run_info's entries, not instead of them
 
 
 def test_stale_files_leave_other_runs_alone(tmp_path):
