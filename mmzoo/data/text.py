@@ -17,7 +17,7 @@ import sys
 import sysconfig
 import zlib
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
