@@ -43,7 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("runs", nargs="+", help="run directories (holding metrics.json or csv/metrics.csv)")
     p.add_argument("--metrics", default="", help="regular expression selecting metric names, e.g. 'test/'")
     args = parser.parse_args(argv)
+    try:
+        return _run(parser, args)
+    except (OSError, ValueError) as e:  # a missing or unreadable checkpoint: one line naming the file
+        parser.exit(1, f"error: {printable(e)}\n")
 
+
+def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.cmd == "models":
         from mmzoo import list_models
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import pickle
 from pathlib import Path
 from typing import Any, Union
 
 import torch
 
+from . import checkpoint as ckpt_lib
 from .layers.block import Block
 from .safe_pickle import restricted_load
 
@@ -186,11 +186,7 @@ def _load_lightning_meta(folder: Path) -> dict[str, Any]:
     extra = folder / _METADATA_FILENAME
     if not extra.is_file():
         return {}
-    try:
-        obj = torch.load(extra, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001
-        raise ValueError(f"{extra} does not load with torch.load(weights_only=True) ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''}); refusing it") from e
+    obj = ckpt_lib.load(extra)  # weights_only=True; an error names the file and what it holds
     if not isinstance(obj, dict):
         raise ValueError(f"{extra} holds a {type(obj).__name__}, not the dict Lightning writes")
     return obj
@@ -218,11 +214,7 @@ def consolidate_checkpoint(sharded: Union[str, Path], output: Union[str, Path]) 
         _load_state_dict(checkpoint, storage_reader=reader, planner=planner, no_dist=True)
     checkpoint.update(_load_lightning_meta(sharded))  # what Fabric keeps apart from weights and optimizers
     checkpoint = _format_checkpoint(checkpoint)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.with_name(f".{output.name}.tmp-{os.getpid()}")
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, output)  # never a half-written file under the output name
-    return output
+    return ckpt_lib.save(checkpoint, output)  # never a half-written file under the output name
 
 
 def main(argv: list[str] | None = None) -> None:

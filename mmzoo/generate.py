@@ -120,7 +120,9 @@ def load_tokenizer(ckpt_path: str, tokenizer: Optional[str] = None):
 def _stored_tokenizer(ckpt_path: str) -> Optional[str]:
     if Path(ckpt_path).suffix == ".safetensors":
         return None
-    ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    from .checkpoint import load
+
+    ckpt = load(ckpt_path, mmap=True)  # only the tokenizer entry is read; the tensors stay on disk
     text = ckpt.get("tokenizer") if isinstance(ckpt, dict) else None
     return text if isinstance(text, str) else None
 

@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-RUN_KEY = "mmzoo_run"  # checkpoint entry: {"name", "wandb_id"}
+from .checkpoint import RUN_KEY  # checkpoint entry: {"name", "wandb_id"} and the run settings
 
 
 def _choice(cfg: DictConfig, group: str) -> str | None:
@@ -100,7 +100,7 @@ class RunInfo(L.Callback):
         for lg in trainer.loggers:
             if type(lg).__name__ == "WandbLogger":
                 entry["wandb_id"] = str(lg.version) if lg.version is not None else None
-        checkpoint[RUN_KEY] = entry
+        checkpoint.setdefault(RUN_KEY, {}).update(entry)  # beside the settings mmzoo.checkpoint.run_record stores
 
 
 def finish_loggers(trainer: L.Trainer) -> None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
+from . import checkpoint as ckpt_lib
 from .models import create_model
 from . import console, run_info
 from .models.speed import apply_speed_options
 from .peft import apply_peft, save_adaptation
-from .tasks.checkpoint_io import AtomicCheckpointIO
+from .tasks.checkpoint_io import AtomicCheckpointIO, RunRecord
 
 log = logging.getLogger("mmzoo")
 
@@ -33,6 +33,7 @@ log = logging.getLogger("mmzoo")
 warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
 
 AUTO = "auto"  # config value filled from the data module (num_classes, img_size, in_chans, class_names)
+TEST_CKPT_CHOICES = ("best", "last")
 
 
 def data_hints(dm: Any) -> dict[str, Any]:
@@ -74,9 +75,24 @@ def _instantiate_group(group: DictConfig | None) -> list[Any]:
 
 
 def _atomic_write_json(obj: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    ckpt_lib.atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def _prepare_resume(cfg: DictConfig, trainer: L.Trainer, resume: dict[str, Any] | None, record: dict[str, Any]) -> None:
+    """Before fitting (rank 0): warn when a resumed run's settings differ from the checkpoint's, and remove what
+    an interrupted run left in the checkpoint folders (temporary files, untracked top-k checkpoints)."""
+    if not trainer.is_global_zero:
+        return
+    ckpt_path = cfg.get("ckpt_path")
+    stored = (resume or {}).get(ckpt_lib.RUN_KEY)
+    if isinstance(stored, dict):
+        diffs = ckpt_lib.run_config_differences(stored, record)
+        if diffs:
+            log.warning("resuming from %s with other settings than it was written with (%s); the run will not "
+                        "continue the interrupted one exactly", ckpt_path, "; ".join(diffs))
+    folders = {Path(cb.dirpath) for cb in trainer.checkpoint_callbacks if getattr(cb, "dirpath", None)}
+    for folder in sorted(folders | {Path(cfg.paths.output_dir) / "checkpoints"}):
+        ckpt_lib.remove_stale_files(folder, trainer.checkpoint_callbacks, resume, ckpt_path)
 
 
 def describe_parameters(model: torch.nn.Module) -> str:
@@ -143,10 +159,20 @@ def train(cfg: DictConfig) -> dict[str, float]:
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
+    if cfg.get("test_ckpt", "best") not in TEST_CKPT_CHOICES:
+        raise ValueError(f"test_ckpt={cfg.test_ckpt!r} is invalid; valid choices: {list(TEST_CKPT_CHOICES)} (the "
+                         "best validation checkpoint or the final weights)")
     ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is not None and Path(ckpt_path).is_dir():
+        raise ckpt_lib.CheckpointError(
+            f"ckpt_path={ckpt_path} is a folder: a run resumes from a checkpoint file such as "
+            "DIR/checkpoints/last.ckpt (a sharded trainer=fsdp folder: python -m mmzoo.distributed consolidate "
+            "FOLDER OUT.ckpt makes one)")
     if ckpt_path is not None and not Path(ckpt_path).is_file():
         raise FileNotFoundError(f"ckpt_path={ckpt_path} does not exist; pass a checkpoint file such as "
                                 "DIR/checkpoints/last.ckpt")
+    # checked before anything is built; tensors memory-mapped, not read
+    resume = ckpt_lib.read_training_checkpoint(ckpt_path, mmap=True) if ckpt_path is not None else None
 
     console.single_log_lines()
     run_info.prepare(cfg)
@@ -156,9 +182,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     if cfg.trainer.get("enable_model_summary", True) and not any(isinstance(c, ModelSummary) for c in callbacks):
         callbacks.append(console.ModelSummary(max_depth=1))
+    record = RunRecord({})
     loggers = _instantiate_group(cfg.get("logger"))
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, record], logger=loggers or False,
                                      plugins=[AtomicCheckpointIO()])
+    record.record = ckpt_lib.run_record(cfg.get("seed"), OmegaConf.to_container(cfg.data, resolve=True),
+                                        trainer.world_size, trainer.accumulate_grad_batches)
+    _prepare_resume(cfg, trainer, resume, record.record)
+    del resume
     resolved = run_info.logged_config(cfg, task.model, task.resolved_config["model"], task.resolved_config["task"])
     for lg in trainer.loggers:
         lg.log_hyperparams(resolved)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -55,6 +54,7 @@ def _save_confusion_png(confusion: torch.Tensor, names: list[str], path: Path) -
 
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate as configured; returns the metrics also written to ``zeroshot.json``."""
+    from mmzoo.checkpoint import atomic_write_text
     from mmzoo.data.templates import check_templates, load_templates
     from mmzoo.data.tokenizer import get_tokenizer
     from mmzoo.tasks.zeroshot import DEFAULT_TEMPLATES, build_zeroshot_classifier, zeroshot_evaluate
@@ -98,9 +98,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     metrics["chance"] = 1.0 / len(names)
     metrics["templates"] = templates
     metrics["split"] = cfg.split
-    tmp = out_dir / f".zeroshot.json.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(metrics, indent=2) + "\n")
-    os.replace(tmp, out_dir / "zeroshot.json")
+    atomic_write_text(out_dir / "zeroshot.json", json.dumps(metrics, indent=2) + "\n")
     _save_confusion_png(res["confusion"], names, out_dir / "confusion.png")
     summary = {k: metrics[k] for k in ("top1", "top5", "top1_seen", "top1_heldout", "chance", "num_samples")
                if k in metrics}

@@ -338,7 +338,9 @@ def export_sparse(model: nn.Module, path: Union[str, os.PathLike]) -> int:
     Returns:
         The file's size in bytes.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save
+
+    from ..checkpoint import atomic_write_bytes
 
     tensors: dict[str, torch.Tensor] = {}
     layout: dict[str, dict] = {}
@@ -352,7 +354,7 @@ def export_sparse(model: nn.Module, path: Union[str, os.PathLike]) -> int:
         info["dtype"] = str(value.dtype).removeprefix("torch.")
         tensors.update(t)
         layout[name] = info
-    save_file(tensors, str(path), metadata={"mmzoo_sparse": json.dumps(layout)})
+    atomic_write_bytes(path, save(tensors, metadata={"mmzoo_sparse": json.dumps(layout)}))
     return os.path.getsize(path)
 
 

@@ -9,32 +9,21 @@ Formats, detected from the file and its keys:
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Callable, Union
 
 import torch
 import torch.nn as nn
 
+# reading files, the Lightning prefix and mmzoo's metadata live in mmzoo.checkpoint; re-exported here, where
+# code written against earlier versions imports them from
+from ..checkpoint import MMZOO_KEY, Checkpoint, atomic_write_bytes, model_metadata, read_checkpoint  # noqa: F401
+
 log = logging.getLogger(__name__)
-
-MMZOO_KEY = "mmzoo"  # checkpoint entry holding arch / model_name / config
-
-
-@dataclass
-class Checkpoint:
-    """Weights read from a file, with the model description when the file has one."""
-
-    path: str
-    state_dict: dict[str, torch.Tensor]
-    format: str  # "mmzoo" or "foreign"
-    arch: Optional[str] = None
-    model_name: Optional[str] = None
-    config: Optional[dict[str, Any]] = None
 
 
 @dataclass
@@ -56,74 +45,6 @@ def register_converter(name: str, arch: str, detect: Callable) -> Callable:
         return fn
 
     return wrap
-
-
-def model_metadata(model: nn.Module) -> dict[str, Any]:
-    """What a checkpoint needs to rebuild ``model``: arch, preset name, config as plain containers."""
-    return {
-        "arch": model.arch_name,
-        "model_name": getattr(model, "model_name", None),
-        "config": _plain(dataclasses.asdict(model.cfg)),
-    }
-
-
-def _plain(obj: Any) -> Any:
-    """Tuples -> lists etc., so the metadata is JSON- and ``weights_only``-safe."""
-    if isinstance(obj, dict):
-        return {str(k): _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    return obj
-
-
-def _strip_prefix(sd: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    if sd and all(k.startswith(prefix) for k in sd):
-        return {k[len(prefix):]: v for k, v in sd.items()}
-    return sd
-
-
-def read_checkpoint(path: Union[str, os.PathLike]) -> Checkpoint:
-    """Load a checkpoint file on CPU (``weights_only=True``) and normalise it to a :class:`Checkpoint`."""
-    p = Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"checkpoint not found: {p}")
-    if p.is_dir():
-        for candidate in ("model.safetensors", "pytorch_model.bin", "open_clip_model.safetensors",
-                          "open_clip_pytorch_model.bin", "last.ckpt"):
-            if (p / candidate).exists():
-                return read_checkpoint(p / candidate)
-        raise FileNotFoundError(f"no weights file found in directory {p}")
-    if p.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        sd = load_file(str(p), device="cpu")
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-        if MMZOO_KEY in meta:
-            info = json.loads(meta[MMZOO_KEY])
-            return Checkpoint(str(p), sd, "mmzoo", info["arch"], info.get("model_name"), info["config"])
-        return Checkpoint(str(p), sd, "foreign")
-    try:
-        obj = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - re-raised with the path and what to do
-        raise RuntimeError(f"could not read checkpoint {p} with torch.load(weights_only=True): {e}") from e
-    if not isinstance(obj, dict):
-        raise ValueError(f"checkpoint {p} holds a {type(obj).__name__}, expected a dict of tensors")
-    if MMZOO_KEY in obj and "state_dict" in obj:
-        info = obj[MMZOO_KEY]
-        sd = {k[len("model."):]: v for k, v in obj["state_dict"].items() if k.startswith("model.")}
-        return Checkpoint(str(p), sd, "mmzoo", info["arch"], info.get("model_name"), info["config"])
-    for key in ("state_dict", "model", "module", "model_state_dict"):
-        if key in obj and isinstance(obj[key], dict):
-            obj = obj[key]
-            break
-    sd = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
-    if not sd:
-        raise ValueError(f"checkpoint {p} contains no tensors")
-    for prefix in ("module.", "model.", "_orig_mod."):
-        sd = _strip_prefix(sd, prefix)
-    return Checkpoint(str(p), sd, "foreign")
 
 
 def convert_foreign(sd: dict[str, torch.Tensor], model: nn.Module, path: str = "") -> dict[str, torch.Tensor]:
@@ -207,15 +128,10 @@ def load_pretrained(model: nn.Module, ckpt: Union[Checkpoint, str, os.PathLike],
 
 def export_safetensors(src: Union[str, os.PathLike], dst: Union[str, os.PathLike]) -> Path:
     """Write the model weights of checkpoint ``src`` to ``dst`` (.safetensors), config in the metadata."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     ckpt = read_checkpoint(src)
     meta = {}
     if ckpt.format == "mmzoo":
         meta[MMZOO_KEY] = json.dumps({"arch": ckpt.arch, "model_name": ckpt.model_name, "config": ckpt.config})
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    save_file({k: v.contiguous() for k, v in ckpt.state_dict.items()}, str(tmp), metadata=meta)
-    os.replace(tmp, dst)
-    return dst
+    return atomic_write_bytes(dst, save({k: v.contiguous() for k, v in ckpt.state_dict.items()}, metadata=meta))

@@ -17,12 +17,13 @@ import sys
 import sysconfig
 import zlib
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Optional, Union
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from ..checkpoint import atomic_write, atomic_write_text
 from .bad_samples import DEFAULT_MAX_BAD_FRACTION, BadSamples, check_fraction
 from .base import BaseDataModule
 from .tokenizer import EOT_TOKEN, PAD_TOKEN, SOT_TOKEN, ByteBPETokenizer
@@ -201,7 +202,7 @@ class TextCorpusDataModule(BaseDataModule):
         if path.is_file():
             return [tuple(d) for d in json.loads(path.read_text(encoding="utf-8"))]
         docs = stdlib_docstrings(self.max_documents)
-        _atomic_write(path, lambda p: p.write_text(json.dumps(docs), encoding="utf-8"))
+        atomic_write_text(path, json.dumps(docs))
         return docs
 
     def prepare(self) -> None:
@@ -244,7 +245,7 @@ class TextCorpusDataModule(BaseDataModule):
                     ids.extend(tok.encode(text))
                     ids.append(tok.eot_token_id)  # documents are separated by EOT
                 arr = np.asarray(ids, dtype=dtype)
-                _atomic_write(path, lambda p: np.save(p, arr))
+                atomic_write(path, lambda f: np.save(f, arr))  # a crash never leaves a half-written entry
             self._tokens[split] = np.load(path, mmap_mode="r")  # memory-mapped: no copy in RAM or workers
 
     @property
@@ -289,9 +290,3 @@ class TextCorpusDataModule(BaseDataModule):
                                  f"of data.context_length={L}; raise data.{split}_percent or use more text")
             setattr(self, f"{split}_set", blocks)
 
-
-def _atomic_write(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)  # a crash never leaves a half-written cache entry

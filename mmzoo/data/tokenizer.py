@@ -34,6 +34,8 @@ from typing import Iterable, Optional, Sequence, Union
 
 import torch
 
+from ..checkpoint import atomic_write_text
+
 DEFAULT_CONTEXT_LENGTH = 77  # every OpenAI CLIP model
 SOT_TOKEN = "<start_of_text>"
 EOT_TOKEN = "<end_of_text>"
@@ -611,10 +613,8 @@ class ByteBPETokenizer(Tokenizer):
             # printable forms never hold a space, so "a b" splits unambiguously
             "merges": [f"{vocab[a]} {vocab[b]}" for a, b in self.merges],
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(data, ensure_ascii=False, indent=1), encoding="utf-8")
-        os.replace(tmp, path)  # atomic: a crash never leaves a half-written tokenizer file
+        # atomic: a crash never leaves a half-written tokenizer file
+        atomic_write_text(path, json.dumps(data, ensure_ascii=False, indent=1))
 
     @classmethod
     def load(cls, path: Union[str, os.PathLike]) -> "ByteBPETokenizer":

@@ -20,6 +20,7 @@ import types
 import typing
 from typing import Any, Callable, Optional, Union
 
+import torch
 import torch.nn as nn
 
 _MODEL_PRESETS: dict[str, Callable[[], Any]] = {}
@@ -241,12 +242,51 @@ def validate_config(cfg: Any, where: str = "model.") -> None:
                          f"attention shares each key/value head among num_heads / num_kv_heads query heads)")
 
 
-def build_model(cfg: Any) -> nn.Module:
-    """Instantiate the architecture a config belongs to (validated first, see :func:`validate_config`)."""
+def build_model(cfg: Any, device: Union[str, torch.device, None] = None) -> nn.Module:
+    """Instantiate the architecture a config belongs to (validated first, see :func:`validate_config`).
+
+    Args:
+        cfg: a config dataclass of a registered architecture.
+        device: where parameters are created; ``"meta"`` builds shapes only (nothing is allocated).
+    """
     _, model_cls = _ARCHS[arch_of_config(cfg)]
     validate_config(cfg)
-    model = model_cls(cfg)
-    return model
+    if device is None:
+        return model_cls(cfg)
+    with torch.device(device):
+        return model_cls(cfg)
+
+
+def _sizes(cfg: Any, where: str = "") -> str:
+    """The main sizes of a config for a message: ``embed_dim=16384, depth=12, vision.num_heads=8``."""
+    out = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out.append(_sizes(value, f"{where}{f.name}."))
+        elif f.name in ("embed_dim", "dim", "width", "depth", "num_heads", "mlp_ratio", "vocab_size", "num_classes"):
+            out.append(f"{where}{f.name}={value}")
+    return ", ".join(s for s in out if s)
+
+
+def config_from_checkpoint(ckpt: Any) -> Any:
+    """The config stored in an mmzoo checkpoint, checked against the weights stored beside it before any
+    model is allocated: the model is built on the meta device and every tensor's shape compared
+    (:func:`mmzoo.checkpoint.check_weights_fit`).
+
+    Args:
+        ckpt: an :class:`mmzoo.checkpoint.Checkpoint` with ``format="mmzoo"``.
+    """
+    from ..checkpoint import CheckpointError, check_weights_fit
+
+    try:
+        cfg = config_from_dict(ckpt.arch, ckpt.config)
+        validate_config(cfg)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{ckpt.path}: the model config stored in it is invalid: {e}") from e
+    meta = build_model(cfg, device="meta")
+    check_weights_fit(ckpt, {k: tuple(v.shape) for k, v in meta.state_dict().items()}, _sizes(cfg))
+    return cfg
 
 
 def create_model(
@@ -282,10 +322,15 @@ def create_model(
 
     ckpt = read_checkpoint(pretrained) if pretrained is not None else None
     if ckpt is not None and ckpt.config is not None and (name is None or name == ckpt.model_name):
-        cfg = replace_config(config_from_dict(ckpt.arch, ckpt.config), overrides)
+        cfg = replace_config(config_from_checkpoint(ckpt), overrides)
+    elif name is None and ckpt is None:
+        raise ValueError("create_model needs a model name (see mmzoo.list_models()) unless `pretrained` is an mmzoo "
+                         "checkpoint holding its config")
     elif name is None:
-        raise ValueError("create_model needs a model name unless `pretrained` is an mmzoo checkpoint "
-                         f"holding its config; {pretrained!s} holds none")
+        raise ValueError(f"{pretrained!s} is a foreign checkpoint ({len(ckpt.state_dict)} tensors, first keys "
+                         f"{list(ckpt.state_dict)[:3]}) without mmzoo's model config, so create_model needs the "
+                         "preset it fits: create_model(NAME, pretrained=...), or model.name=NAME on the command line "
+                         "(presets: mmzoo models)")
     else:
         cfg = get_model_config(name, **overrides)
     model = build_model(cfg)

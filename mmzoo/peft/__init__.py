@@ -32,6 +32,7 @@ from typing import Any, Mapping, Optional, Union
 import torch
 import torch.nn as nn
 
+from .. import checkpoint
 from .adapter import Adapter, apply_adapters
 from .lora import LoRALinear, apply_lora, merge_lora, unmerge_lora
 from .prompt import (PREFIX_MLP, PrefixFromMLP, PrefixKV, PrefixMLP, SoftPrompt, apply_prefix, apply_prompt,
@@ -152,8 +153,6 @@ def save_adaptation(model: nn.Module, path: Union[str, os.PathLike], base: Mappi
     """
     if any(isinstance(m, LoRALinear) and m.merged for m in model.modules()):
         raise ValueError("save_adaptation: the LoRA weights are merged; call unmerge_lora(model) first")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     peft = dict(getattr(model, "peft_config", {}))
     state = trainable_state_dict(model)
     tables = collapsed_prefix_tables(model) if collapse_prefix else {}
@@ -162,18 +161,23 @@ def save_adaptation(model: nn.Module, path: Union[str, os.PathLike], base: Mappi
         state.update({k: v.cpu() for k, v in tables.items()})
         peft["reparam"] = False
     obj = {"format": ADAPTATION_FORMAT, "base": dict(base), "peft": peft, "state_dict": state}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-    return path
+    return checkpoint.save(obj, path)
 
 
 def load_adaptation(path: Union[str, os.PathLike], model: Optional[nn.Module] = None) -> nn.Module:
     """Rebuild the base model (or take ``model``, the unadapted base), apply the saved peft config and
     load the saved parameters onto it."""
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    obj = checkpoint.load(path)
     if not isinstance(obj, dict) or obj.get("format") != ADAPTATION_FORMAT:
-        raise ValueError(f"{path} is not an mmzoo adaptation checkpoint (written by save_adaptation)")
+        what = ("a training checkpoint (load it with mmzoo.create_model(pretrained=...))"
+                if isinstance(obj, dict) and checkpoint.MMZOO_KEY in obj else
+                f"a dict with keys {sorted(map(str, obj))[:6]}" if isinstance(obj, dict) else f"a {type(obj).__name__}")
+        raise checkpoint.CheckpointError(f"{path} is not an mmzoo adaptation checkpoint (written by save_adaptation, "
+                                         f"DIR/checkpoints/adapter.pt): it is {what}")
+    for key, kind in (("base", dict), ("peft", dict), ("state_dict", dict)):
+        if not isinstance(obj.get(key), kind):
+            raise checkpoint.CheckpointError(f"{path}: its '{key}' entry is missing or not a dict; the adaptation "
+                                             "file is damaged")
     if model is None:
         from ..models import create_model
 
@@ -188,6 +192,10 @@ def load_adaptation(path: Union[str, os.PathLike], model: Optional[nn.Module] = 
                              **dict(base.get("overrides") or {}))
     apply_peft(model, obj["peft"])
     own = dict(model.named_parameters())
+    not_tensors = [k for k, v in obj["state_dict"].items() if not isinstance(v, torch.Tensor)]
+    if not_tensors:
+        raise checkpoint.CheckpointError(f"{path}: entries {not_tensors[:5]} of its state_dict are not tensors; the "
+                                         "adaptation file is damaged")
     unknown = [k for k in obj["state_dict"] if k not in own]
     if unknown:
         raise ValueError(f"{path}: parameters {unknown[:5]} do not exist in the adapted base model")

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..convert import MMZOO_KEY, model_metadata
+from ..checkpoint import MMZOO_KEY, model_metadata
 
 
 def param_groups_weight_decay(model: nn.Module, weight_decay: float,

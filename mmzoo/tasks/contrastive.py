@@ -1,6 +1,7 @@
 """Contrastive image-text training (CLIP), with retrieval and zero-shot evaluation."""
 from __future__ import annotations
 
+import os
 from typing import Any, Optional, Sequence
 
 import torch
@@ -11,7 +12,8 @@ import torch.nn.functional as F
 from ..losses import ContrastiveLoss
 from .base import BaseTask
 from .retrieval import retrieval_recall
-from .zeroshot import DEFAULT_TEMPLATES, build_zeroshot_classifier, load_templates, zeroshot_evaluate
+from ..data.templates import check_templates, load_templates
+from .zeroshot import DEFAULT_TEMPLATES, build_zeroshot_classifier, zeroshot_evaluate
 
 
 def _gather_rows(x: torch.Tensor) -> torch.Tensor:
@@ -53,6 +55,11 @@ class ContrastiveTask(BaseTask):
                  retrieval_ks: Sequence[int] = (1, 5, 10), **kwargs: Any) -> None:
         super().__init__(model, **kwargs)
         self.loss_fn = ContrastiveLoss(local_loss=local_loss, gather_with_grad=gather_with_grad)
+        # checked now, before any training: a file's errors name the file and line, a list's the template
+        if isinstance(zeroshot_templates, (str, os.PathLike)):
+            zeroshot_templates = load_templates(zeroshot_templates)
+        elif zeroshot_templates is not None and len(zeroshot_templates) > 0:
+            zeroshot_templates = check_templates(zeroshot_templates, "task.zeroshot_templates")
         self.zeroshot_templates = zeroshot_templates
         self.retrieval_ks = tuple(retrieval_ks)
         self._eval_feats: dict[str, list[torch.Tensor]] = {"image": [], "text": []}
@@ -92,11 +99,8 @@ class ContrastiveTask(BaseTask):
         self._eval_step(batch, batch_idx, "test")
 
     def _templates(self) -> Sequence[str]:
-        t = self.zeroshot_templates
-        if isinstance(t, str):
-            return load_templates(t)
-        if t:
-            return list(t)
+        if self.zeroshot_templates:
+            return list(self.zeroshot_templates)
         dm = self.trainer.datamodule
         return getattr(dm, "zeroshot_templates", None) or DEFAULT_TEMPLATES
 

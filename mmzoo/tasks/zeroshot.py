@@ -4,11 +4,13 @@ Shared by the contrastive task (evaluated every validation epoch) and the ``mmzo
 """
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, Sequence, Union
+from typing import Any, Callable, Iterable, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
+
+# template files are read and checked in one place (errors name the file and line); importable from here too
+from ..data.templates import load_templates  # noqa: F401
 
 #: default prompt templates (a small ensemble in the spirit of CLIP's ImageNet prompts)
 DEFAULT_TEMPLATES = (
@@ -18,18 +20,6 @@ DEFAULT_TEMPLATES = (
     "a drawing of a {}.",
     "a {}.",
 )
-
-
-def load_templates(path: Union[str, Path]) -> list[str]:
-    """One template per line with a ``{}`` where the class name goes; ``#`` lines are comments."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"templates file not found: {p}")
-    templates = [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
-    bad = [t for t in templates if "{}" not in t]
-    if bad or not templates:
-        raise ValueError(f"{p}: every template needs a '{{}}' placeholder for the class name; bad: {bad[:3]}")
-    return templates
 
 
 @torch.no_grad()

@@ -1,10 +1,12 @@
 """Retrieval recall and zero-shot classification helpers against brute-force references."""
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import mmzoo
 from mmzoo.tasks.retrieval import retrieval_recall
 from mmzoo.tasks.zeroshot import build_zeroshot_classifier, load_templates, zeroshot_evaluate
 
@@ -86,3 +88,22 @@ def test_load_templates_validates(tmp_path):
         assert "placeholder" in str(e)
     else:
         raise AssertionError("expected ValueError")
+
+
+def test_contrastive_task_checks_its_templates_at_construction(tmp_path):
+    from mmzoo.tasks.contrastive import ContrastiveTask
+
+    model = mmzoo.create_model("clip_nano")
+    bad = tmp_path / "templates.txt"
+    bad.write_bytes(b"a photo of a {}.\n# fine\nart of the {x}\n")
+    with pytest.raises(ValueError, match=rf"{bad}, line 3: template 'art of the {{x}}' has the placeholder {{x}}"):
+        ContrastiveTask(model, zeroshot_templates=str(bad))
+    bad.write_bytes(b"a photo of a {}.\n\xff\xfe\n")
+    with pytest.raises(ValueError, match=rf"{bad}, line 2: not UTF-8 text"):
+        ContrastiveTask(model, zeroshot_templates=str(bad))
+    with pytest.raises(ValueError, match=r"task.zeroshot_templates, template 2 'a \{': Single"):
+        ContrastiveTask(model, zeroshot_templates=["a {}", "a {"])
+    good = tmp_path / "good.txt"
+    good.write_text("a photo of a {}.\n{{literal}} and a {}\n")
+    assert ContrastiveTask(model, zeroshot_templates=str(good))._templates() == ["a photo of a {}.",
+                                                                                 "{{literal}} and a {}"]
