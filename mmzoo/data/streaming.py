@@ -103,10 +103,11 @@ def expand_urls(spec: Urls, key: str = "urls") -> list[str]:
     urls = [u for p in patterns for u in wds_expand(str(p))]
     if not urls:
         raise ValueError(f"data.{key} names no shard")
-    for u in urls:
-        local = local_path(u)
-        if local is not None and not u.startswith("pipe:") and not os.path.isfile(local):
-            raise FileNotFoundError(f"shard {u} of data.{key} does not exist")
+    missing = [u for u in urls if not u.startswith("pipe:") and local_path(u) is not None
+               and not os.path.isfile(local_path(u))]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of the {len(urls)} shards of data.{key} do not exist: "
+                                f"{', '.join(missing[:SHOWN])}{' ...' if len(missing) > SHOWN else ''}")
     return urls
 
 
@@ -355,6 +356,8 @@ class ShardStream(IterableDataset):
         #: worker -> Position to continue from, for epoch ``resume_epoch`` (set before an iterator is made)
         self.resume_from: dict[int, Position] = {}
         self.resume_epoch: Optional[int] = None
+        self.rotation = 0  # of the workers' turns in the resumed epoch (see __iter__)
+        self.resume_targets: dict[int, int] = {}  # worker -> samples, of a resumed epoch (resume="shards")
         self.plan(0)  # fail now on a layout that cannot be split
 
     def plan(self, epoch: int) -> EpochPlan:
@@ -416,17 +419,22 @@ class ShardStream(IterableDataset):
 
     # -- the iterator -------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[Any, list[int]]]:
+        """``(sample, [worker, *position])`` pairs of this worker's share of the epoch."""
         info = get_worker_info()
-        self.worker = info.id if info is not None else 0
         workers = info.num_workers if info is not None else 1
         if workers != max(1, self.num_workers):
             raise RuntimeError(f"ShardStream was planned for {self.num_workers} loader workers but runs in "
                                f"{workers}")
+        # the loader asks its workers for batches in turn from worker 0: a resumed epoch makes worker 0
+        # play the part of the worker whose batch came next, so the batches keep their order
+        rotation = self.rotation if self.resume_epoch == self.epoch else 0
+        self.worker = ((info.id if info is not None else 0) + rotation) % workers
         plan = self.plan(self.epoch)
         shards, target = plan.shards[self.worker], plan.targets[self.worker]
         pos = Position()
         if self.resume_epoch == self.epoch and self.worker in self.resume_from:
             pos = Position(*self.resume_from[self.worker].as_list())
+            target = self.resume_targets.get(self.worker, target)
         if pos.good >= target:
             return
         failures = _Failures(self.strict)
@@ -455,7 +463,7 @@ class ShardStream(IterableDataset):
                     url, why = failures.errors.pop(0)
                     self._bad(pos, url, why)
                 pos.good += 1
-                yield item, pos.as_list()
+                yield item, [self.worker, *pos.as_list()]
                 if pos.good >= target:
                     return
             if read == 0:
@@ -477,16 +485,14 @@ class ShardStream(IterableDataset):
 
 
 class StreamCollate:
-    """``(sample, position)`` items -> ``{BATCH_KEY: the modality's batch, STREAM_KEY: (worker, *position)}``."""
+    """``(sample, (worker, *position))`` items -> ``{BATCH_KEY: the modality's batch, STREAM_KEY: the last
+    item's (worker, *position)}``."""
 
     def __init__(self, collate: Callable[[list], Any]) -> None:
         self.collate = collate
 
     def __call__(self, items: Sequence[tuple[Any, list[int]]]) -> dict[str, Any]:
-        info = get_worker_info()
-        worker = info.id if info is not None else 0
-        return {BATCH_KEY: self.collate([s for s, _ in items]),
-                STREAM_KEY: torch.tensor([worker, *items[-1][1]], dtype=torch.long)}
+        return {BATCH_KEY: self.collate([s for s, _ in items]), STREAM_KEY: torch.tensor(items[-1][1], dtype=torch.long)}
 
 
 def unwrap(batch: Any) -> Any:
@@ -803,6 +809,7 @@ class StreamingDataModule(BaseDataModule):
         #: per worker of this rank, the position after the last training batch: [pulled, good, shards, bad]
         self.positions: dict[int, list[int]] = {}
         self._positions_epoch: Optional[int] = None
+        self._last_worker = -1  # the worker of the last training batch
         self._reported_bad = 0
 
     # -- to implement -------------------------------------------------------------------------------
@@ -880,6 +887,7 @@ class StreamingDataModule(BaseDataModule):
             if self._positions_epoch != epoch:
                 self.positions, self._positions_epoch = {}, epoch
             self.positions[int(record[0])] = [int(v) for v in record[1:]]
+            self._last_worker = int(record[0])
             self._check_bad()
         return batch[BATCH_KEY]
 
@@ -906,14 +914,15 @@ class StreamingDataModule(BaseDataModule):
             return {}
         rank, world = self._rank_world()
         nw = max(1, self.num_workers)
-        mine = torch.full((nw, POSITION_FIELDS), -1, dtype=torch.long)
+        mine = torch.full((nw + 1, POSITION_FIELDS), -1, dtype=torch.long)  # last row: the last batch's worker
         if self._positions_epoch == self._epoch():
             for w, p in self.positions.items():
                 mine[w] = torch.tensor(p)
+            mine[nw, 0] = self._last_worker
         if world > 1:
             # every rank saves checkpoints together (Trainer.save_checkpoint runs on all ranks)
             gathered = trainer.strategy.all_gather(mine.to(trainer.strategy.root_device)).cpu()
-            gathered = gathered.reshape(world, nw, POSITION_FIELDS)
+            gathered = gathered.reshape(world, nw + 1, POSITION_FIELDS)
         else:
             gathered = mine.unsqueeze(0)
         done = trainer.fit_loop.epoch_loop.batch_progress.current.processed
@@ -935,11 +944,35 @@ class StreamingDataModule(BaseDataModule):
             rank_zero_warn(f"the checkpoint's stream positions are for another layout ({', '.join(changed)}): "
                            f"epoch {state['epoch']} starts again from its first sample")
             return
-        rows = state["positions"][stream.rank]
+        *rows, (last, *_) = state["positions"][stream.rank]
         stream.resume_from = {w: Position(*row) for w, row in enumerate(rows) if row[0] >= 0}
         stream.resume_epoch = int(state["epoch"])
+        stream.rotation = (last + 1) % max(1, self.num_workers) if last >= 0 else 0
         self.positions = {w: list(row) for w, row in enumerate(rows) if row[0] >= 0}
-        self._positions_epoch = int(state["epoch"])
+        self._positions_epoch, self._last_worker = int(state["epoch"]), last
+        if self.resume == "shards" and stream.sizes is not None and self.epoch_samples is None:
+            stream.resume_targets = self._shard_resume_targets(stream, state)
+
+    def _shard_resume_targets(self, stream: ShardStream, state: dict[str, Any]) -> dict[int, int]:
+        """Per worker of this rank, the samples of a pass resumed by skipping started shards: what is left
+        in the unstarted shards, in whole batches, and on every rank the batches of the rank with fewest
+        (the ranks stay in step and nothing repeats)."""
+        nw, b, epoch = max(1, self.num_workers), stream.batch_size, int(state["epoch"])
+        caps = []
+        for r in range(stream.world):
+            plan = plan_epoch(len(stream.urls), stream.sizes, epoch, self.seed, r, stream.world, self.num_workers, b,
+                              stream.shard_shuffle)
+            cap = []
+            for w, (pulled, good, started, _) in enumerate(state["positions"][r][:nw]):
+                shards = plan.shards[w] or []
+                if pulled <= 0:
+                    cap.append(plan.targets[w] // b)
+                    continue
+                left = sum(stream.sizes[i] for i in shards[started:])
+                cap.append(min(plan.targets[w] // b, good // b + left // b))
+            caps.append(cap)
+        mine = _trim(caps[stream.rank], min(sum(c) for c in caps))
+        return {w: q * b for w, q in enumerate(mine)}
 
 
 class DropPositions:
