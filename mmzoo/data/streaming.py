@@ -501,15 +501,36 @@ def unwrap(batch: Any) -> Any:
 
 
 class StreamLoader(DataLoader):
-    """A DataLoader over a :class:`ShardStream` that sets the stream's epoch when an epoch's iterator is made."""
+    """A DataLoader over a :class:`ShardStream` whose iterator starts at its first batch, taking the
+    stream's epoch from ``epoch_fn`` then (Lightning makes the first epoch's iterator before a resumed
+    run's epoch is restored)."""
 
     def __init__(self, dataset: ShardStream, epoch_fn: Callable[[], int], **kwargs: Any) -> None:
         super().__init__(dataset, **kwargs)
         self._epoch_fn = epoch_fn
 
-    def __iter__(self):
+    def __iter__(self) -> "_LazyIterator":
+        return _LazyIterator(self)
+
+    def _start(self):
         self.dataset.epoch = int(self._epoch_fn())
         return super().__iter__()
+
+
+class _LazyIterator:
+    def __init__(self, loader: StreamLoader) -> None:
+        self.loader, self.iterator = loader, None
+
+    def __iter__(self) -> "_LazyIterator":
+        return self
+
+    def __next__(self) -> Any:
+        if self.iterator is None:
+            self.iterator = self.loader._start()
+        return next(self.iterator)
+
+    def __len__(self) -> int:
+        return len(self.loader)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -866,8 +887,8 @@ class StreamingDataModule(BaseDataModule):
     def train_dataloader(self) -> StreamLoader:
         loader = self._stream_loader("train")
         if self._resume_state is not None:
+            # kept: Lightning may build the loader more than once; positions only apply to their epoch
             self._apply_resume(loader.dataset, self._resume_state)
-            self._resume_state = None
         return loader
 
     def val_dataloader(self) -> Union[StreamLoader, list]:

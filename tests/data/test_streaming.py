@@ -332,3 +332,44 @@ def test_jpeg_draft_decoding_keeps_the_short_side():
     im = decode_image(b.getvalue(), "RGB", min_size=64)
     assert im.size == (160, 120)  # the DCT scaled by 1/4: 1/8 would give a short side of 60 < 64
     assert decode_image(b.getvalue(), "RGB", min_size=300).size == (640, 480)  # not much smaller: full size
+
+
+# -- train.py ----------------------------------------------------------------------------------------
+
+
+def _clip_overrides(tmp_path: Path, workers: int = 0) -> list[str]:
+    write_pairs(tmp_path / "train", [16] * 4)
+    write_pairs(tmp_path / "val", [8] * 2)
+    return ["model=clip", "model.name=clip_nano", "data=webdataset_stream",
+            f'data.urls="{tmp_path}/train/{{000000..000003}}.tar"',
+            f'data.val_urls="{tmp_path}/val/{{000000..000001}}.tar"', "data.image_size=16", "data.context_length=16",
+            "data.batch_size=8", f"data.num_workers={workers}", "data.shuffle_buffer=10"]
+
+
+def test_clip_trains_on_a_stream(train_cfg, tmp_path):
+    from mmzoo.training import train
+
+    metrics = train(train_cfg(*_clip_overrides(tmp_path), "debug=fdr"))
+    assert metrics["global_step"] == 1
+    for key in ("test/zeroshot_top1", "test/i2t_R@1", "test/loss"):
+        assert 0.0 <= metrics[key] <= 8.0, key
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", [0, 2])
+def test_clip_stream_resume_is_bitwise_exact(train_cfg, tmp_path, workers):
+    """A streamed run stopped mid-epoch and resumed equals the uninterrupted run (8 batches per epoch)."""
+    from mmzoo.training import train
+
+    ckpt_every = [f"callbacks.model_checkpoint.{k}" for k in
+                  ("every_n_epochs=null", "every_n_train_steps=3", "save_top_k=-1", "monitor=null")]
+    common = [*_clip_overrides(tmp_path, workers), "trainer.max_epochs=2", "test=false"]
+    full = train_cfg(*common, *ckpt_every, run="full")
+    train(full)
+    ckpts = Path(full.paths.output_dir) / "checkpoints"
+    reference = torch.load(ckpts / "last.ckpt", weights_only=True)["state_dict"]
+    for name in ("epoch000-step000003.ckpt", "epoch001-step000012.ckpt"):
+        resumed = train_cfg(*common, f"ckpt_path={ckpts / name}", run=f"resumed-{name}")
+        assert train(resumed)["global_step"] == 16
+        got = torch.load(Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
+        assert [k for k in reference if not torch.equal(reference[k], got[k])] == [], name
