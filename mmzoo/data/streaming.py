@@ -69,6 +69,10 @@ from .captions import CLIP_MEAN, CLIP_STD, CaptionsCollate, collate_labelled
 from .tokenizer import DEFAULT_CONTEXT_LENGTH, TextDataMixin
 from .transforms import build_eval_transform, build_train_transform
 
+# the stream's __len__ is the batches per rank the plan allows (see EpochPlan), not a guess that workers
+# could each serve in full, which is what this Lightning warning is about
+warnings.filterwarnings("ignore", message=".*`IterableDataset` has `__len__` defined.*")
+
 Urls = Union[str, Sequence[str]]
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 LABEL_EXTENSIONS = ("cls", "label", "class")

@@ -373,3 +373,30 @@ def test_clip_stream_resume_is_bitwise_exact(train_cfg, tmp_path, workers):
         assert train(resumed)["global_step"] == 16
         got = torch.load(Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=True)["state_dict"]
         assert [k for k in reference if not torch.equal(reference[k], got[k])] == [], name
+
+
+@pytest.mark.slow
+def test_ddp_stream_trains_and_resumes_exactly(tmp_path):
+    """train.py with 2 gloo DDP processes x 2 loader workers on a stream: resumed mid-epoch 1 from a
+    checkpoint, the final weights equal the uninterrupted run's."""
+    import subprocess
+    import sys
+
+    write_pairs(tmp_path / "train", [16] * 8)
+    write_pairs(tmp_path / "val", [8] * 4)
+    common = ["model=clip", "model.name=clip_nano", "data=webdataset_stream",
+              f'data.urls="{tmp_path}/train/{{000000..000007}}.tar"',
+              f'data.val_urls="{tmp_path}/val/{{000000..000003}}.tar"', "data.image_size=16",
+              "data.context_length=16", "data.batch_size=8", "data.num_workers=2", "trainer=ddp",
+              "trainer.accelerator=cpu", "trainer.max_epochs=2", "test=false", "callbacks.progress_bar=null",
+              "trainer.enable_progress_bar=false"]
+    ckpt_every = [f"callbacks.model_checkpoint.{k}" for k in
+                  ("every_n_epochs=null", "every_n_train_steps=3", "save_top_k=-1", "monitor=null")]
+    runs = {"full": ckpt_every, "resumed": [f"ckpt_path={tmp_path}/full/checkpoints/epoch001-step000012.ckpt"]}
+    for name, extra in runs.items():
+        proc = subprocess.run([sys.executable, "train.py", *common, *extra, f"hydra.run.dir={tmp_path / name}"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=900)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    full, resumed = (torch.load(tmp_path / n / "checkpoints" / "last.ckpt", weights_only=True) for n in runs)
+    assert full["global_step"] == resumed["global_step"] == 16
+    assert [k for k in full["state_dict"] if not torch.equal(full["state_dict"][k], resumed["state_dict"][k])] == []
