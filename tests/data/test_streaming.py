@@ -217,7 +217,7 @@ def test_exact_resume_sees_exactly_the_remaining_batches(tmp_path, workers):
     urls = f"{tmp_path}/{{000000..000003}}.tar"
     full = _epoch(_dm(urls, num_workers=workers))
     assert len(full) == 8
-    for k in (1, 4, 7):
+    for k in (1, 5):
         first = _dm(urls, num_workers=workers)
         head = _epoch(first, limit=k)
         state = first.state_dict()
