@@ -400,3 +400,22 @@ def test_ddp_stream_trains_and_resumes_exactly(tmp_path):
     full, resumed = (torch.load(tmp_path / n / "checkpoints" / "last.ckpt", weights_only=True) for n in runs)
     assert full["global_step"] == resumed["global_step"] == 16
     assert [k for k in full["state_dict"] if not torch.equal(full["state_dict"][k], resumed["state_dict"][k])] == []
+
+
+def test_stream_configs_instantiate(train_cfg, tmp_path):
+    from hydra.utils import instantiate
+
+    write_pairs(tmp_path, [4] * 2, classes=3)
+    urls = f'data.urls="{tmp_path}/{{000000..000001}}.tar"'
+    cases = {"webdataset_stream": (StreamImageTextDataModule, ["model=clip"]),
+             "webdataset_stream_images": (StreamImageDataModule, []),
+             "webdataset_stream_audio": (StreamAudioDataModule, []),
+             "webdataset_stream_video": (StreamVideoDataModule, []),
+             "webdataset_stream_points": (StreamPointCloudDataModule, [])}
+    for name, (cls, extra) in cases.items():
+        cfg = train_cfg(*extra, f"data={name}", urls)
+        dm = instantiate(cfg.data, _convert_="all")
+        assert type(dm) is cls and dm.seed == cfg.seed, name
+        assert list(dm.class_names) == ["c0", "c1", "c2"], name  # from the shards' _info.json
+    with pytest.raises(Exception, match="urls"):
+        instantiate(train_cfg("data=webdataset_stream").data)
