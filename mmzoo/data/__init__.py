@@ -14,6 +14,8 @@ from .point_files import ModelNet40DataModule, PointFolderDataModule, ShapeNet55
 from .shapes import ShapesDataModule
 from .shapes_captions import ShapesCaptionsDataModule
 from .shapes_vqa import ShapesVQADataModule
+from .streaming import (StreamAudioDataModule, StreamImageDataModule, StreamImageTextDataModule,
+                        StreamingDataModule, StreamPointCloudDataModule, StreamVideoDataModule)
 from .text import TextCorpusDataModule
 
 __all__ = [
@@ -42,4 +44,10 @@ __all__ = [
     "ModelNet40DataModule",
     "ShapeNet55DataModule",
     "PointFolderDataModule",
+    "StreamingDataModule",
+    "StreamImageTextDataModule",
+    "StreamImageDataModule",
+    "StreamAudioDataModule",
+    "StreamVideoDataModule",
+    "StreamPointCloudDataModule",
 ]

@@ -47,8 +47,8 @@ after that is common:
 WebDataset shards are read **map-style**: ``setup`` walks every shard's tar headers once and keeps, per
 sample, the byte offset and size of its image and its caption text; ``__getitem__`` is one seek + read.
 This gives the same exact-resume, rank-sharded sampling as every other mmzoo data module and suits sets
-up to a few million samples (the index holds a few hundred bytes per caption in memory). Streaming huge
-sets with an ``IterableDataset`` sharded by rank and worker is left for later.
+up to a few million samples (the index holds a few hundred bytes per caption in memory). Larger sets,
+compressed or remote shards: :mod:`mmzoo.data.streaming` reads them as a stream.
 """
 from __future__ import annotations
 

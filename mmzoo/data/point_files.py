@@ -30,7 +30,8 @@ from .base import sample_seed
 from .points import PointCloudDataModule, normalize_unit_sphere, sample_triangles
 
 PathLike = Union[str, os.PathLike]
-POINT_EXTENSIONS = (".npy", ".ply", ".off", ".txt")
+MESH_EXTENSIONS = (".obj", ".stl", ".glb", ".gltf")  # read with trimesh (optional)
+POINT_EXTENSIONS = (".npy", ".ply", ".off", ".txt") + MESH_EXTENSIONS
 SAMPLINGS = ("fps", "random")
 SPLIT_IDS = {"train": 1, "val": 2, "test": 3}
 
@@ -189,23 +190,68 @@ def read_ply(path: PathLike) -> np.ndarray:
     raise AssertionError("unreachable")
 
 
+def read_mesh_trimesh(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices (V, 3) and triangles (F, 3) of an OBJ / STL / GLB / glTF mesh read with ``trimesh`` (an
+    optional dependency: ``pip install 'mmzoo[meshes]'``); a scene's meshes are concatenated."""
+    try:
+        import trimesh
+    except ImportError:
+        raise MalformedPointFileError(f"reading {os.path.splitext(str(path))[1]} meshes needs trimesh: "
+                                      f"pip install 'mmzoo[meshes]'") from None
+    try:
+        mesh = trimesh.load(str(path), force="mesh", process=False)
+    except Exception as e:  # noqa: BLE001 - trimesh raises many types for broken files
+        raise MalformedPointFileError(f"trimesh cannot read the mesh ({type(e).__name__}: {e})") from None
+    vertices = np.asarray(getattr(mesh, "vertices", ()), dtype=np.float64).reshape(-1, 3)
+    faces = np.asarray(getattr(mesh, "faces", ()), dtype=np.int64).reshape(-1, 3)
+    return vertices, faces
+
+
+def read_ply_plyfile(path: PathLike) -> np.ndarray:
+    """x, y, z of a PLY's ``vertex`` element read with ``plyfile`` (optional: ``pip install 'mmzoo[meshes]'``),
+    for variants :func:`read_ply` does not parse (list properties before the vertices in a binary file ...)."""
+    from plyfile import PlyData
+
+    vertex = PlyData.read(str(path))["vertex"]
+    return np.stack([np.asarray(vertex[c], dtype=np.float64) for c in "xyz"], axis=-1)
+
+
+def _sample_mesh(vertices: np.ndarray, faces: np.ndarray, mesh_points: int, seed: int) -> np.ndarray:
+    if len(faces) == 0:
+        raise MalformedPointFileError("mesh has no faces")
+    if not np.isfinite(vertices).all():
+        raise MalformedPointFileError("non-finite vertex coordinates (NaN or inf)")
+    if faces.min() < 0 or faces.max() >= len(vertices):
+        raise MalformedPointFileError("face indices out of range")
+    g = torch.Generator().manual_seed(seed)
+    try:
+        points = sample_triangles(torch.from_numpy(vertices), torch.from_numpy(faces), mesh_points, g)
+    except ValueError as e:  # no surface area
+        raise MalformedPointFileError(str(e)) from None
+    return points.numpy()
+
+
 def load_point_file(path: PathLike, mesh_points: int = 8192, seed: int = 0) -> np.ndarray:
-    """Points (N, 3) of any supported file; meshes (``.off``) give ``mesh_points`` surface samples drawn
-    from ``seed``. Raises :class:`MalformedPointFileError` (or ``OSError``) on a bad file."""
+    """Points (N, 3) of any supported file; meshes (``.off``; ``.obj``, ``.stl``, ``.glb``, ``.gltf`` with
+    trimesh) give ``mesh_points`` surface samples drawn from ``seed``. A ``.ply`` the built-in parser
+    refuses is read with plyfile when it is installed. Raises :class:`MalformedPointFileError` (or
+    ``OSError``) on a bad file."""
     ext = os.path.splitext(str(path))[1].lower()
     if ext == ".off":
-        vertices, faces = read_off(path)
-        if len(faces) == 0:
-            raise MalformedPointFileError("mesh has no faces")
-        if not np.isfinite(vertices).all():
-            raise MalformedPointFileError("non-finite vertex coordinates (NaN or inf)")
-        g = torch.Generator().manual_seed(seed)
+        return _sample_mesh(*read_off(path), mesh_points, seed)
+    if ext in MESH_EXTENSIONS:
+        return _sample_mesh(*read_mesh_trimesh(path), mesh_points, seed)
+    if ext == ".ply":
         try:
-            points = sample_triangles(torch.from_numpy(vertices), torch.from_numpy(faces), mesh_points, g)
-        except ValueError as e:  # no surface area
-            raise MalformedPointFileError(str(e)) from None
-        return points.numpy()
-    readers: dict[str, Callable[[PathLike], np.ndarray]] = {".txt": read_txt, ".npy": read_npy, ".ply": read_ply}
+            return read_ply(path)
+        except MalformedPointFileError as first:
+            try:
+                return read_ply_plyfile(path)
+            except ImportError:
+                raise first from None
+            except Exception:  # noqa: BLE001 - plyfile cannot read it either: the built-in parser's reason
+                raise first from None
+    readers: dict[str, Callable[[PathLike], np.ndarray]] = {".txt": read_txt, ".npy": read_npy}
     if ext not in readers:
         raise MalformedPointFileError(f"unsupported extension {ext!r}; supported: {POINT_EXTENSIONS}")
     return readers[ext](path)

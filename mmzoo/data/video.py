@@ -58,21 +58,36 @@ def video_num_frames(path: Union[str, Path]) -> int:
         raise VideoReadError(f"could not read video {path}: {e}") from e
 
 
-def read_video(path: Union[str, Path], indices: Optional[Sequence[int]] = None) -> torch.Tensor:
-    """Decode a video to uint8 frames (T, 3, H, W); only ``indices`` (sorted or not) when given."""
+def read_video(path: Union[str, Path], indices: Optional[Sequence[int]] = None, seek: bool = True) -> torch.Tensor:
+    """Decode a video to uint8 frames (T, 3, H, W); only ``indices`` (sorted or not) when given.
+
+    With ``seek`` the decoder first jumps to the keyframe at or before the first wanted frame (PyAV
+    ``container.seek(..., backward=True)``) and numbers the frames it then decodes by their timestamps, so a
+    clip late in a long video costs one GOP of decoding rather than everything before it. The frames are the
+    ones decoding from frame 0 gives (a decoder restarts exactly at a keyframe); a stream without a constant
+    frame rate or timestamps, a seek that lands after the wanted frame, or frame numbers that do not follow
+    one another fall back to decoding from the start.
+    """
     import av
 
     wanted = None if indices is None else set(int(i) for i in indices)
-    frames = {}
+    frames: dict[int, torch.Tensor] = {}
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
-            for i, frame in enumerate(container.decode(stream)):
-                if wanted is None or i in wanted:
-                    frames[i] = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
-                if wanted is not None and i >= max(wanted):
-                    break
+            done = False
+            if seek and wanted and min(wanted) > 0:
+                done = _read_after_seek(container, stream, wanted, frames)
+                if not done:
+                    frames.clear()
+                    container.seek(0, stream=stream, backward=True, any_frame=False)
+            if not done:
+                for i, frame in enumerate(container.decode(stream)):
+                    if wanted is None or i in wanted:
+                        frames[i] = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
+                    if wanted is not None and i >= max(wanted):
+                        break
     except Exception as e:  # noqa: BLE001
         raise VideoReadError(f"could not decode video {path}: {e}") from e
     if indices is None:
@@ -84,6 +99,31 @@ def read_video(path: Union[str, Path], indices: Optional[Sequence[int]] = None) 
         raise VideoReadError(f"video {path} has {len(frames) and max(frames) + 1} decodable frames, "
                              f"frame {missing[0]} was requested")
     return torch.stack([frames[int(i)] for i in indices])
+
+
+def _read_after_seek(container, stream, wanted: set[int], frames: dict[int, torch.Tensor]) -> bool:
+    """Decode ``wanted`` frames after seeking to the keyframe before the first; False when the frame numbers
+    cannot be trusted (the caller then decodes from the start)."""
+    rate, base = stream.average_rate, stream.time_base
+    if not rate or not base or (stream.guessed_rate and stream.guessed_rate != rate):
+        return False
+    t0 = stream.start_time or 0
+    first, last = min(wanted), max(wanted)
+    # the timestamp of frame `first` (frame i is shown at t0 + i / rate), rounded down
+    container.seek(t0 + int(first / (rate * base)), stream=stream, backward=True, any_frame=False)
+    previous = None
+    for frame in container.decode(stream):
+        if frame.pts is None:
+            return False
+        i = round(float((frame.pts - t0) * base * rate))
+        if (previous is None and i > first) or (previous is not None and i != previous + 1):
+            return False  # landed after the wanted frame, or not one frame per tick: numbering unknown
+        previous = i
+        if i in wanted:
+            frames[i] = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
+        if i >= last:
+            return True
+    return previous is not None and previous >= last
 
 
 def clip_span(num_frames: int, sampling_rate: int) -> int:

@@ -395,3 +395,31 @@ def test_reading_in_chunks_changes_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(PointFileDataset, "CHUNK", 3)
     chunked = PointFileDataset(files, num_points=32)
     assert torch.equal(whole.points, chunked.points) and whole.labels == chunked.labels == [0, 1, 2, 0, 1, 2, 0]
+
+
+def test_trimesh_and_plyfile_read_what_the_builtin_parsers_do_not(tmp_path):
+    """OBJ / STL / GLB meshes through trimesh (points on the unit cube's surface), and a binary PLY with a
+    list property before its vertices (the built-in parser refuses it) through plyfile."""
+    trimesh = pytest.importorskip("trimesh")
+    plyfile = pytest.importorskip("plyfile")
+    from mmzoo.data.point_files import load_point_file, read_ply
+
+    box = trimesh.creation.box(extents=(2.0, 2.0, 2.0))
+    for ext in ("obj", "stl", "glb"):
+        path = tmp_path / f"box.{ext}"
+        box.export(str(path))
+        pts = load_point_file(path, mesh_points=500, seed=1)
+        assert pts.shape == (500, 3)
+        # every sample lies on a face of the cube [-1, 1]^3: its largest |coordinate| is 1
+        np.testing.assert_allclose(np.abs(pts).max(axis=1), 1.0, atol=1e-6)
+        assert np.array_equal(pts, load_point_file(path, mesh_points=500, seed=1))  # seeded
+    xyz = np.random.default_rng(0).normal(size=(40, 3))
+    header = np.array([(np.array([1, 2, 3], dtype=np.int32),)], dtype=[("vertex_indices", "O")])
+    elements = [plyfile.PlyElement.describe(header, "info"),
+                plyfile.PlyElement.describe(np.array([tuple(r) for r in xyz],
+                                                     dtype=[("x", "f8"), ("y", "f8"), ("z", "f8")]), "vertex")]
+    path = tmp_path / "list_first.ply"
+    plyfile.PlyData(elements, text=False).write(str(path))
+    with pytest.raises(MalformedPointFileError, match="list"):
+        read_ply(path)
+    np.testing.assert_array_equal(load_point_file(path), xyz)

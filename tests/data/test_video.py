@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mmzoo.data.bad_samples import BadSamples
-from mmzoo.data.video import (VideoClipDataset, VideoDataModule, VideoReadError, clip_indices, read_video,
+from mmzoo.data.video import (VideoClipDataset, _read_after_seek, VideoDataModule, VideoReadError, clip_indices, read_video,
                               three_crops, uniform_starts, video_num_frames)
 
 
@@ -101,3 +101,36 @@ def test_folder_and_csv_datamodules(tmp_path):
     assert dm.class_names == ["jump", "run"] and len(dm.train_set) == 4 and dm.val_set is None
     with pytest.raises(FileNotFoundError, match="missing.csv"):
         VideoDataModule(train_list=str(tmp_path / "missing.csv"))
+
+
+def _long_video(path: Path, num_frames: int, gop: int, codec: str = "mpeg4") -> Path:
+    """A video of moving noise-free gradients with a keyframe every ``gop`` frames."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with av.open(str(path), "w") as c:
+        s = c.add_stream(codec, rate=25)
+        s.width, s.height, s.pix_fmt = 48, 32, "yuv420p"
+        s.codec_context.gop_size = gop
+        y, x = torch.meshgrid(torch.arange(32), torch.arange(48), indexing="ij")
+        for i in range(num_frames):
+            img = torch.stack([(x * 5 + i * 3) % 256, (y * 7 + i) % 256, (x + y + 2 * i) % 256], -1).to(torch.uint8)
+            for pkt in s.encode(av.VideoFrame.from_ndarray(img.numpy(), format="rgb24")):
+                c.mux(pkt)
+        for pkt in s.encode():
+            c.mux(pkt)
+    return path
+
+
+@pytest.mark.parametrize("codec", ["mpeg4", "libx264"])
+def test_seeking_decodes_the_frames_decoding_from_the_start_gives(tmp_path, codec):
+    if codec not in av.codecs_available:
+        pytest.skip(f"{codec} encoder not in this PyAV build")
+    p = _long_video(tmp_path / f"long-{codec}.mp4", 90, gop=10, codec=codec)
+    full = read_video(p, seek=False)
+    assert full.shape[0] == 90
+    for idx in ([0, 2, 4], [9, 10, 11], [37, 41, 45, 49], [80, 85, 89], [55], [70, 60, 65]):
+        got = read_video(p, idx, seek=True)
+        assert torch.equal(got, full[idx]), idx  # bit-identical: decoding restarts exactly at a keyframe
+        assert torch.equal(got, read_video(p, idx, seek=False)), idx
+    with av.open(str(p)) as c:  # the seeking path was taken (not the fall-back from frame 0)
+        found: dict = {}
+        assert _read_after_seek(c, c.streams.video[0], {41, 45}, found) and sorted(found) == [41, 45]
