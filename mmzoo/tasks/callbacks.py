@@ -42,21 +42,27 @@ class LogSamplePredictions(L.Callback):
                 self._warned = True
             return
         names = getattr(task, "class_names", None) or [str(i) for i in range(int(targets.max()) + 1)]
+        # VQA: the question each image was asked (task.val_questions, aligned with val_samples)
+        questions = list(getattr(task, "val_questions", None) or [])[: len(images)]
         images = to_display(images)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
                 import wandb
 
-                table = wandb.Table(columns=["image", "prediction", "target", "correct"])
-                for img, p, t in zip(images, preds.tolist(), targets.tolist()):
-                    table.add_data(wandb.Image(img.permute(1, 2, 0).numpy()), names[p], names[t], p == t)
+                columns = ["image", "question", "prediction", "target", "correct"] if questions else \
+                    ["image", "prediction", "target", "correct"]
+                table = wandb.Table(columns=columns)
+                for i, (img, p, t) in enumerate(zip(images, preds.tolist(), targets.tolist())):
+                    row = [wandb.Image(img.permute(1, 2, 0).numpy()), names[p], names[t], p == t]
+                    table.add_data(*(row[:1] + [questions[i]] + row[1:] if questions else row))
                 logger.experiment.log({"val/samples": table, "trainer/global_step": trainer.global_step})
             elif isinstance(logger, TensorBoardLogger):
                 from torchvision.utils import make_grid
 
                 grid = make_grid(images, nrow=8, padding=1)
                 logger.experiment.add_image("val/samples", grid, trainer.global_step)
-                text = " | ".join(f"{names[p]} ({names[t]})" for p, t in zip(preds.tolist(), targets.tolist()))
+                text = " | ".join((f"{questions[i]} " if questions else "") + f"{names[p]} ({names[t]})"
+                                  for i, (p, t) in enumerate(zip(preds.tolist(), targets.tolist())))
                 logger.experiment.add_text("val/sample_predictions (target)", text, trainer.global_step)
 
 

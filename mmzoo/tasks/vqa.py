@@ -109,6 +109,7 @@ class VQATask(BaseTask):
             # kept for sample-prediction logging (mmzoo.tasks.callbacks.LogSamplePredictions)
             self.val_samples = (batch["image"][:16].detach().cpu(), batch["answer"][:16].cpu(),
                                 logits[:16].argmax(-1).cpu())
+            self.val_questions = [str(q) for q in batch.get("question", [])][:16]
         return logits.detach()  # for the confusion matrix (mmzoo.monitoring.ConfusionMatrix)
 
     def on_validation_epoch_end(self) -> None:

@@ -109,3 +109,19 @@ def test_sample_predictions_skip_samples_that_are_not_images(tmp_path, caplog):
     acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"images": 0})
     acc.Reload()
     assert "val/samples" not in acc.Tags()["images"]
+
+
+def test_vqa_samples_carry_their_questions(tmp_path, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = wandb_logger(project="mmzoo-test", save_dir=str(tmp_path))
+    logged = []
+    monkeypatch.setattr(logger.experiment, "log", lambda data, **kw: logged.append(data))
+    trainer, task = _fake([logger])
+    task.val_questions = ["is there a red circle?", "how many squares?", "what colour is the star?", "left?"]
+    LogSamplePredictions().on_validation_epoch_end(trainer, task)
+    table = logged[0]["val/samples"]
+    assert table.columns == ["image", "question", "prediction", "target", "correct"]
+    assert [row[1:] for row in table.data][1] == ["how many squares?", "two", "one", False]
+    logger.experiment.finish()
