@@ -117,52 +117,79 @@ class BaseTask(L.LightningModule):
     def check_loss(self, loss: torch.Tensor) -> Optional[torch.Tensor]:
         """Return ``loss`` if finite on every rank; otherwise stop or skip (``nonfinite``).
 
+        Called at the end of ``training_step``, where every rank is at the same batch: the only place a
+        collective of this check can never interleave with another one (a rank-0-only progress bar
+        computes the synced epoch metrics inside ``on_train_epoch_end``, before the task's own hook).
+
         "error" costs no host synchronisation per step: the first non-finite step is recorded on the
-        device and looked at every ``trainer.log_every_n_steps`` batches, before validation and at the
-        end of each epoch (:meth:`raise_if_nonfinite`). "skip" must decide before backward, so it reads
-        the flag every step (one device-to-host sync).
+        device, and the ranks agree on it (one ``all_reduce``) every ``trainer.log_every_n_steps``
+        batches, on the last batch of an epoch, on the batch before a validation and on the last step
+        of the run, so no checkpoint or validation ever sees the weights of a non-finite step. "skip"
+        must decide before backward, so it agrees every step.
         """
         finite = torch.isfinite(loss.detach())
         if self.hparams.nonfinite == "error":
             if self._first_nonfinite is None or self._first_nonfinite.device != loss.device:
                 self._first_nonfinite = torch.full((), -1, dtype=torch.long, device=loss.device)
             self._first_nonfinite.masked_fill_(~finite & (self._first_nonfinite < 0), self.global_step)
+            if self._nonfinite_check_due():
+                self.raise_if_nonfinite()
             return loss
         finite = finite.to(torch.int32)
-        if self.trainer is not None and self.trainer.world_size > 1:
+        if self._trainer is not None and self.trainer.world_size > 1:
             finite = self.trainer.strategy.reduce(finite, reduce_op="min")  # every rank decides alike
         if bool(finite):
             return loss
         self.nonfinite_steps += 1
-        self.log("train/nonfinite_steps", float(self.nonfinite_steps), rank_zero_only=True)
+        self.log("train/nonfinite_steps", float(self.nonfinite_steps))  # the same on every rank
         return None  # Lightning skips backward and the optimizer step
 
+    def _nonfinite_check_due(self) -> bool:
+        """Whether this training batch is one where the ranks agree on the non-finite flag. A function
+        of the batch index, the step and the trainer's settings only, so every rank answers alike."""
+        if self._trainer is None:
+            return True
+        trainer = self.trainer
+        batch_idx = trainer.fit_loop.epoch_loop.batch_idx  # of the batch in training_step now
+        done = batch_idx + 1
+        if done % max(1, trainer.log_every_n_steps) == 0:
+            return True
+        n = trainer.num_training_batches
+        if isinstance(n, int) and done >= n:  # last batch of the epoch: validation and checkpoints follow
+            return True
+        every = trainer.val_check_batch
+        if isinstance(every, int) and every > 0 and done % every == 0:
+            return True
+        return trainer.max_steps > 0 and self.global_step + 1 >= trainer.max_steps
+
     def raise_if_nonfinite(self) -> None:
-        """Raise if any rank saw a non-finite loss since the start (``nonfinite="error"``)."""
+        """Raise if any rank saw a non-finite loss since the start (``nonfinite="error"``). A collective
+        under DDP: call it where every rank calls it (see :meth:`check_loss`)."""
         if self._first_nonfinite is None:
             return
         first = self._first_nonfinite
-        if self.trainer is not None and self.trainer.world_size > 1:
-            first = self.trainer.strategy.reduce(first.clone(), reduce_op="max")
+        if self._trainer is not None and self.trainer.world_size > 1:
+            # the earliest step any rank saw (ranks that saw none take part with the largest integer)
+            none = torch.iinfo(torch.long).max
+            earliest = torch.where(first >= 0, first, torch.full_like(first, none))
+            first = self.trainer.strategy.reduce(earliest.clone(), reduce_op="min")
+            first = torch.where(first == none, torch.full_like(first, -1), first)
         step = int(first)
         if step >= 0:
             raise FloatingPointError(
                 f"non-finite loss (nan/inf) at global step {step} (epoch {self.current_epoch}); "
                 "lower task.lr, enable trainer.gradient_clip_val, or set task.nonfinite=skip")
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if (batch_idx + 1) % max(1, self.trainer.log_every_n_steps) == 0:
-            self.raise_if_nonfinite()
+    def settle_epoch_metrics(self) -> None:
+        """Compute the metrics logged this epoch (their cross-rank reductions) now, on every rank.
 
-    def on_validation_start(self) -> None:
-        if self.trainer is not None and self.trainer.state.fn == "fit":  # validation inside fit
-            self.raise_if_nonfinite()
-
-    def on_train_epoch_end(self) -> None:
-        self.raise_if_nonfinite()
-
-    def on_train_end(self) -> None:
-        self.raise_if_nonfinite()
+        Call it at the top of an epoch-end hook before issuing a collective of your own: a rank-0-only
+        callback (the progress bar) may already have computed them, with their collectives, before this
+        hook; the other ranks then compute them here, so every rank issues the same collectives in the
+        same order. Metrics logged afterwards are reduced later, at one fixed point, by every rank.
+        """
+        if self._trainer is not None and self.trainer.world_size > 1:
+            _ = self.trainer.callback_metrics
 
     # -- checkpoints --------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
