@@ -20,6 +20,8 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
+from . import watchdog
+from .loggers import ContinueCSVHistory, read_csv_history
 from .models import create_model
 from .models.speed import apply_speed_options
 from .peft import apply_peft, save_adaptation
@@ -118,6 +120,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) as configured; returns the final metrics also written to ``metrics.json``."""
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # every rank ends with its launcher, and a stop request ends a rank stuck in a collective
+    watchdog.install(cfg.get("shutdown_grace_s", 30.0))
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     ckpt_path = cfg.get("ckpt_path")
@@ -130,6 +134,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if not cfg.trainer.get("enable_progress_bar", True):
         callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
     loggers = _instantiate_group(cfg.get("logger"))
+    # a resumed run continues the CSV history (read now: Lightning's CSV writer deletes the file it opens)
+    history = read_csv_history(loggers, out_dir, Path(ckpt_path) if ckpt_path is not None else None)
+    if history:
+        callbacks.append(ContinueCSVHistory(history))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                      plugins=[AtomicCheckpointIO()])
     resolved = OmegaConf.to_container(cfg, resolve=True)

@@ -74,6 +74,46 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _zero_current(progress: dict[str, Any]) -> None:
+    """Zero every ``current`` counter of a Lightning progress tracker (state dict form), recursively."""
+    for key, value in progress.items():
+        if key == "current" and isinstance(value, dict):
+            for counter in value:
+                value[counter] = 0
+        elif isinstance(value, dict):
+            _zero_current(value)
+
+
+def finish_epoch_in_loop_state(checkpoint: dict[str, Any]) -> bool:
+    """Make a checkpoint written at the end of an epoch (``on_train_epoch_end``: ModelCheckpoint's
+    end-of-epoch save) resume like one written at the start of the next epoch. Returns whether it did.
+
+    Such a checkpoint holds the epoch as processed but not completed. Lightning (2.6) resumes it by
+    running the epoch-end again when ``trainer.max_steps`` is set: the epoch counter then runs one ahead,
+    so every later epoch draws the data order of the next one, and the epoch-end hooks run twice. Marking
+    the epoch completed and the batch counters of the finished epoch reset is the state the
+    uninterrupted run is in when its next epoch starts; the totals, the step counts, the logger step
+    and the optimizer and scheduler states are left as saved.
+    """
+    fit = (checkpoint.get("loops") or {}).get("fit_loop")
+    if not isinstance(fit, dict) or "epoch_progress" not in fit:
+        return False
+    epochs = fit["epoch_progress"]
+    total, current = epochs["total"], epochs["current"]
+    batches = fit.get("epoch_loop.batch_progress", {})
+    at_epoch_end = (total["ready"] == total["started"] == total["processed"] == total["completed"] + 1
+                    and current["processed"] == current["completed"] + 1 and batches.get("is_last_batch"))
+    if not at_epoch_end:
+        return False
+    total["completed"], current["completed"] = total["processed"], current["processed"]
+    for key in ("epoch_loop.batch_progress", "epoch_loop.scheduler_progress",
+                "epoch_loop.automatic_optimization.optim_progress", "epoch_loop.manual_optimization.optim_step_progress"):
+        if isinstance(fit.get(key), dict):
+            _zero_current(fit[key])
+    batches["is_last_batch"] = False
+    return True
+
+
 class BaseTask(L.LightningModule):
     """Shared optimisation and checkpoint logic.
 
@@ -101,6 +141,7 @@ class BaseTask(L.LightningModule):
         self.save_hyperparameters(ignore=["model"])
         self.nonfinite_steps = 0
         self._rng_to_restore: Optional[dict[str, Any]] = None
+        self._logger_step_to_restore: Optional[int] = None
         self._first_nonfinite: Optional[torch.Tensor] = None  # () long on the loss's device, -1 = none
 
     # -- optimisation -------------------------------------------------------------------------------
@@ -200,6 +241,11 @@ class BaseTask(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self._rng_to_restore = checkpoint.get("rng")
         self.nonfinite_steps = checkpoint.get("nonfinite_steps", 0)
+        self._logger_step_to_restore = None
+        if finish_epoch_in_loop_state(checkpoint):
+            # the logger step of the next batch, as saved (Lightning would add one on restart)
+            state = checkpoint["loops"]["fit_loop"].get("epoch_loop.state_dict", {})
+            self._logger_step_to_restore = state.get("_batches_that_stepped")
 
     def on_train_start(self) -> None:
         # restore the RNG as it was when the checkpoint was written, so dropout / drop-path masks of a
@@ -207,3 +253,12 @@ class BaseTask(L.LightningModule):
         if self._rng_to_restore is not None:
             _set_rng_state(self._rng_to_restore)
             self._rng_to_restore = None
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # the first training batch after an end-of-epoch checkpoint logs under the step saved, as in the
+        # uninterrupted run. Here: after Lightning's restart bookkeeping (which runs after on_train_start
+        # and adds one) and before any on_train_batch_start hook logs (LearningRateMonitor)
+        if self._logger_step_to_restore is not None and self._trainer is not None and self.trainer.training:
+            self.trainer.fit_loop.epoch_loop._batches_that_stepped = self._logger_step_to_restore
+            self._logger_step_to_restore = None
+        return batch
