@@ -32,6 +32,9 @@ log = logging.getLogger("mmzoo")
 # mmzoo data modules resume mid-epoch through their own state_dict (see mmzoo.data.base); Lightning only
 # checks the DataLoader object and would warn on every mid-epoch resume
 warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+# BaseTask.on_after_batch_transfer only restores the logger step of a resumed run (mmzoo data modules
+# define no transfer hooks of their own); Lightning warns whenever both a task and a data module exist
+warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer` in `LightningModule`.*")
 
 AUTO = "auto"  # config value filled from the data module (num_classes, img_size, in_chans, class_names)
 

@@ -232,6 +232,15 @@ class BaseTask(L.LightningModule):
         if self._trainer is not None and self.trainer.world_size > 1:
             _ = self.trainer.callback_metrics
 
+    def sum_over_ranks(self, counts: torch.Tensor) -> torch.Tensor:
+        """``counts`` summed over every rank (the tensor itself in one process), on ``counts``' device.
+        A collective: call it in an epoch-end hook of the task, which every rank runs."""
+        if self._trainer is None or self.trainer.world_size == 1:
+            return counts
+        self.settle_epoch_metrics()
+        total = self.trainer.strategy.reduce(counts.to(self.device).clone(), reduce_op="sum")
+        return total.to(counts.device)
+
     # -- checkpoints --------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[MMZOO_KEY] = model_metadata(self.model)

@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..layers import chamfer_distance
+from ..losses.distributed import all_gather_no_grad
 from ..models import create_model
 from ..models.point_bert import PointBERT, PointDVAE, block_mask
 from .base import BaseTask
@@ -236,6 +237,7 @@ class PointDVAETask(BaseTask):
             self.val_point_samples = {"input": batch[0][:4].detach().cpu(), "reconstruction": whole[:4].detach().cpu()}
 
     def _log_tokens(self, prefix: str) -> None:
+        self.token_counts = self.sum_over_ranks(self.token_counts)  # the whole split's tokens, every rank
         self.log_dict({f"{prefix}/{k}": v for k, v in _token_stats(self.token_counts).items()})
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -325,6 +327,9 @@ class PointBERTPretrainTask(BaseTask):
         logits = torch.cat([(query * key).sum(-1, keepdim=True), query @ negatives.T], dim=1) / hp.moco_temperature
         loss = F.cross_entropy(logits, torch.zeros(len(query), dtype=torch.long, device=query.device))
         with torch.no_grad():  # enqueue the keys, oldest out (pointer arithmetic on the device: no host sync)
+            # every rank's keys, in rank order (MoCo's concat_all_gather): the queues stay identical across
+            # ranks. A collective inside training_step, where every rank is at the same batch
+            key = all_gather_no_grad(key)
             n, size = key.shape[0], self.queue.shape[0]
             idx = (self.queue_ptr + torch.arange(n, device=key.device)) % size
             self.queue[idx] = key
@@ -362,6 +367,7 @@ class PointBERTPretrainTask(BaseTask):
         self._eval_step(batch, "val", batch_idx)
 
     def on_validation_epoch_end(self) -> None:
+        self.token_counts = self.sum_over_ranks(self.token_counts)  # the whole split's tokens, every rank
         self.log_dict({f"val/{k}": v for k, v in _token_stats(self.token_counts).items()})
 
     def test_step(self, batch, batch_idx: int) -> None:
