@@ -148,17 +148,18 @@ def _wait_gone(pids: list[int], timeout: float) -> float:
     pytest.param("rank0", signal.SIGTERM, id="term-rank0", marks=pytest.mark.slow)])
 def test_a_failed_rank_ends_every_rank(tmp_path, victim, sig):
     """A rank killed or hung, or the launcher told to stop: every rank is gone, within the configured
-    process-group timeout (10 s here), and the launcher's exit status is non-zero."""
+    process-group timeout (60 s: it also bounds the start-up rendezvous of a loaded machine), and the
+    launcher's exit status is non-zero."""
     run = tmp_path / "run"
     proc = _start_until(run, run / "checkpoints" / "last.ckpt", *VIT, "trainer.max_steps=400",
-                        "trainer=ddp", "trainer.devices=2", "trainer.strategy.timeout.seconds=10",
+                        "trainer=ddp", "trainer.devices=2", "trainer.strategy.timeout.seconds=60",
                         "shutdown_grace_s=5")
     try:
         ranks = [proc.pid, *_children(proc.pid)]
         assert len(ranks) == 2, ranks
         os.kill(ranks[0] if victim == "rank0" else ranks[1], sig)
-        elapsed = _wait_gone(ranks, timeout=60)
-        assert elapsed < 10 + 5, f"ranks still alive {elapsed:.1f} s after the {victim} {sig.name}"
+        elapsed = _wait_gone(ranks, timeout=120)
+        assert elapsed < 60 + 5, f"ranks still alive {elapsed:.1f} s after the {victim} {sig.name}"
         assert proc.wait(timeout=10) != 0
     finally:
         with contextlib.suppress(ProcessLookupError):
