@@ -150,7 +150,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info("model %s: %s", task.model.model_name, describe_parameters(task.model))
         log.info("run directory: %s", out_dir)
 
-    trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
+    with watchdog.stopped_is_failure():
+        trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
     if trainer.interrupted:
         raise KeyboardInterrupt("training was interrupted; the last checkpoint written is kept")
     trainer.save_checkpoint(out_dir / "checkpoints" / "last.ckpt", weights_only=False)  # full state: exact resume
@@ -163,7 +164,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("test", True) and getattr(dm, "test_dataloader", None) is not None:
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
         use_best = cfg.get("test_ckpt", "best") == "best" and best
-        results = trainer.test(task, datamodule=dm, ckpt_path=best if use_best else None, weights_only=True)
+        with watchdog.stopped_is_failure():
+            results = trainer.test(task, datamodule=dm, ckpt_path=best if use_best else None, weights_only=True)
         if results:
             metrics.update({k: float(v) for k, v in results[0].items()})
         metrics["test_checkpoint"] = best if use_best else "last"  # type: ignore[assignment]

@@ -16,6 +16,7 @@ in ``configs/trainer/ddp.yaml``). Two holes remain, closed here:
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import logging
 import os
@@ -23,7 +24,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Optional
+from typing import Iterator, Optional
 
 log = logging.getLogger("mmzoo")
 
@@ -104,6 +105,21 @@ def exit_on_signal(grace_s: float = 30.0, signals: tuple[int, ...] = (signal.SIG
     thread.start()
     _installed["thread"] = thread
     return True
+
+
+@contextlib.contextmanager
+def stopped_is_failure() -> Iterator[None]:
+    """Turn Lightning's stop on SIGTERM (a ``SystemExit`` without a status, i.e. exit status 0) into exit
+    status ``128 + SIGTERM``, so that a launcher, a scheduler or a pipeline never takes a stopped run
+    for a finished one."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    try:
+        yield
+    except SIGTERMException as e:
+        print("mmzoo: stopped by SIGTERM; the last checkpoint written is kept (resume with ckpt_path=...)",
+              file=sys.stderr, flush=True)
+        raise SystemExit(128 + int(signal.SIGTERM)) from e
 
 
 def install(grace_s: Optional[float] = 30.0) -> None:

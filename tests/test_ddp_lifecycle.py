@@ -159,7 +159,8 @@ def test_a_failed_rank_ends_every_rank(tmp_path, victim, sig):
         assert len(ranks) == 2, ranks
         os.kill(ranks[0] if victim == "rank0" else ranks[1], sig)
         elapsed = _wait_gone(ranks, timeout=120)
-        assert elapsed < 60 + 5, f"ranks still alive {elapsed:.1f} s after the {victim} {sig.name}"
+        # a hung rank: the timeout, then a few seconds of teardown (66 s measured under load 14)
+        assert elapsed < 60 + 15, f"ranks still alive {elapsed:.1f} s after the {victim} {sig.name}"
         assert proc.wait(timeout=10) != 0
     finally:
         with contextlib.suppress(ProcessLookupError):
