@@ -76,8 +76,12 @@ def exit_on_signal(grace_s: float = 30.0, signals: tuple[int, ...] = (signal.SIG
     try:
         # the interpreter's C-level handler writes the signal number here at once, whatever the main
         # thread is doing (it needs a Python-level handler installed for the signal: the default ones are)
-        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        previous = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
     except (ValueError, OSError):
+        previous = None
+    if previous != -1:  # failed, or someone else (an asyncio loop) relies on the wakeup fd: leave it theirs
+        if previous is not None:
+            signal.set_wakeup_fd(previous)
         os.close(read_fd)
         os.close(write_fd)
         return False

@@ -198,3 +198,15 @@ def test_every_family_under_ddp(tmp_path, family):
     run = tmp_path / family
     _train(run, *FAMILIES[family], "debug=limit", *DDP, timeout=1200)
     assert (run / "checkpoints" / "last.ckpt").is_file() and (run / "metrics.json").is_file()
+
+
+def test_stop_request_ends_a_process_whose_main_thread_cannot_take_it():
+    """SIGTERM to a process whose handler does not stop it (as a rank blocked in a collective cannot):
+    the watchdog ends it with status 128 + SIGTERM once the grace period has passed."""
+    code = ("import os, signal, time\nfrom mmzoo import watchdog\nwatchdog.exit_on_signal(0.5)\n"
+            "signal.signal(signal.SIGTERM, lambda *a: None)\nos.kill(os.getpid(), signal.SIGTERM)\n"
+            "time.sleep(30)\n")
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM and "SIGTERM received" in proc.stderr
+    assert time.monotonic() - start < 25
