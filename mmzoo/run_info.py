@@ -20,15 +20,12 @@ from .checkpoint import RUN_KEY  # checkpoint entry: {"name", "wandb_id"} and th
 
 
 def _choice(cfg: DictConfig, group: str) -> str | None:
-    """The option chosen for a config group (``data=digits`` -> ``digits``) when Hydra composed the run."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return str(HydraConfig.get().runtime.choices.get(group))
-    except Exception:  # composed outside @hydra.main (tests, notebooks): fall back on the target class
-        target = str((cfg.get(group) or {}).get("_target_", ""))
-        name = target.rsplit(".", 1)[-1].removesuffix("DataModule")
-        return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower() or None
+    """A short name of the option composed for a config group, from its target class
+    (``mmzoo.data.DigitsDataModule`` -> ``digits``). Read from the config itself, not from Hydra's global
+    state, which a second run in the same process (a pipeline stage, a notebook) would find stale."""
+    target = str((cfg.get(group) or {}).get("_target_", ""))
+    name = target.rsplit(".", 1)[-1].removesuffix("DataModule")
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower() or None
 
 
 def default_run_name(cfg: DictConfig) -> str:

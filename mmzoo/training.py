@@ -20,6 +20,8 @@ from lightning.pytorch.callbacks import ModelSummary, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from . import checkpoint as ckpt_lib
+from . import watchdog
+from .loggers import ContinueCSVHistory, read_csv_history
 from .models import create_model
 from . import console, run_info
 from .models.speed import apply_speed_options
@@ -31,6 +33,9 @@ log = logging.getLogger("mmzoo")
 # mmzoo data modules resume mid-epoch through their own state_dict (see mmzoo.data.base); Lightning only
 # checks the DataLoader object and would warn on every mid-epoch resume
 warnings.filterwarnings("ignore", message=".*your dataloader is not resumable.*")
+# BaseTask.on_after_batch_transfer only restores the logger step of a resumed run (mmzoo data modules
+# define no transfer hooks of their own); Lightning warns whenever both a task and a data module exist
+warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer` in `LightningModule`.*")
 
 AUTO = "auto"  # config value filled from the data module (num_classes, img_size, in_chans, class_names)
 TEST_CKPT_CHOICES = ("best", "last")
@@ -157,6 +162,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         return run_pipeline(cfg)
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # every rank ends with its launcher, and a stop request ends a rank stuck in a collective
+    watchdog.install(cfg.get("shutdown_grace_s", 30.0))
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True)
     if cfg.get("test_ckpt", "best") not in TEST_CKPT_CHOICES:
@@ -184,6 +191,10 @@ def train(cfg: DictConfig) -> dict[str, float]:
         callbacks.append(console.ModelSummary(max_depth=1))
     record = RunRecord({})
     loggers = _instantiate_group(cfg.get("logger"))
+    # a resumed run continues the CSV history (read now: Lightning's CSV writer deletes the file it opens)
+    history = read_csv_history(loggers, out_dir, Path(ckpt_path) if ckpt_path is not None else None)
+    if history:
+        callbacks.append(ContinueCSVHistory(history))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[*callbacks, record], logger=loggers or False,
                                      plugins=[AtomicCheckpointIO()])
     record.record = ckpt_lib.run_record(cfg.get("seed"), OmegaConf.to_container(cfg.data, resolve=True),
@@ -197,7 +208,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info("model %s: %s", task.model.model_name, describe_parameters(task.model))
         log.info("run %s, directory: %s", cfg.run_name, out_dir)
 
-    trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
+    with watchdog.stopped_is_failure():
+        trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
     if trainer.interrupted:
         raise KeyboardInterrupt("training was interrupted; the last checkpoint written is kept")
     trainer.save_checkpoint(out_dir / "checkpoints" / "last.ckpt", weights_only=False)  # full state: exact resume
@@ -210,7 +222,8 @@ def train(cfg: DictConfig) -> dict[str, float]:
     if cfg.get("test", True) and getattr(dm, "test_dataloader", None) is not None:
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
         use_best = cfg.get("test_ckpt", "best") == "best" and best
-        results = trainer.test(task, datamodule=dm, ckpt_path=best if use_best else None, weights_only=True)
+        with watchdog.stopped_is_failure():
+            results = trainer.test(task, datamodule=dm, ckpt_path=best if use_best else None, weights_only=True)
         if results:
             metrics.update({k: float(v) for k, v in results[0].items()})
         metrics["test_checkpoint"] = best if use_best else "last"  # type: ignore[assignment]

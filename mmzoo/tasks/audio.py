@@ -76,8 +76,8 @@ class Wav2Vec2PretrainTask(BaseTask):
             self.val_audio = batch[0][0][:4].detach().cpu()
 
     def on_validation_epoch_end(self) -> None:
-        self.code_counts = self._val_counts
-        used = (self._val_counts > 0).float().mean()
+        self.code_counts = self.sum_over_ranks(self._val_counts)  # the whole validation split's picks
+        used = (self.code_counts > 0).float().mean()
         self.log("val/codebook_used", used)  # fraction of codebook entries picked at least once
 
     def test_step(self, batch, batch_idx: int) -> None:

@@ -99,9 +99,11 @@ class CaptioningTask(ContrastiveTask):
                 logger.experiment.log({f"{prefix}/captions": table, "trainer/global_step": self.global_step})
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self._captions("val"), rank_zero_only=True)
+        # each rank scores the captions of its own shard: the mean over ranks is reduced with the other
+        # logged metrics, at one point on every rank
+        self.log_dict(self._captions("val"), sync_dist=True)
         super().on_validation_epoch_end()
 
     def on_test_epoch_end(self) -> None:
-        self.log_dict(self._captions("test"), rank_zero_only=True)
+        self.log_dict(self._captions("test"), sync_dist=True)
         super().on_test_epoch_end()

@@ -105,6 +105,7 @@ class ContrastiveTask(BaseTask):
         return getattr(dm, "zeroshot_templates", None) or DEFAULT_TEMPLATES
 
     def _epoch_end(self, prefix: str) -> None:
+        self.settle_epoch_metrics()  # the gathers below are collectives (see BaseTask.settle_epoch_metrics)
         images = _gather_rows(torch.cat(self._eval_feats["image"]))
         texts = _gather_rows(torch.cat(self._eval_feats["text"]))
         self._eval_feats = {"image": [], "text": []}
@@ -112,7 +113,9 @@ class ContrastiveTask(BaseTask):
         metrics.update(self._zeroshot)
         self._zeroshot = {}
         metrics[f"{prefix}/logit_scale"] = self.model.logit_scale.exp().item()
-        self.log_dict(metrics, rank_zero_only=True)
+        # every rank holds the same numbers (gathered features, the same zero-shot set): log them on every
+        # rank, so that a checkpoint monitoring one of them decides alike everywhere
+        self.log_dict(metrics)
 
     @torch.no_grad()
     def _run_zeroshot(self, prefix: str) -> dict[str, float]:

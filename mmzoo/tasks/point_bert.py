@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..layers import chamfer_distance
 from ..losses.point_mix import PointPatchMixLoss, mix_point_patches, moco_infonce
+from ..losses.distributed import all_gather_no_grad
 from ..models import create_model
 from ..models.point_bert import PointBERT, PointDVAE, block_mask
 from .base import BaseTask
@@ -184,6 +185,7 @@ class PointDVAETask(BaseTask):
             self.val_point_samples = {"input": batch[0][:4].detach().cpu(), "reconstruction": whole[:4].detach().cpu()}
 
     def _log_tokens(self, prefix: str) -> None:
+        self.token_counts = self.sum_over_ranks(self.token_counts)  # the whole split's tokens, every rank
         self.log_dict({f"{prefix}/{k}": v for k, v in _token_stats(self.token_counts).items()})
 
     def validation_step(self, batch, batch_idx: int) -> None:
@@ -272,7 +274,10 @@ class PointBERTPretrainTask(BaseTask):
 
     @torch.no_grad()
     def _enqueue(self, keys: torch.Tensor) -> None:
-        """Enqueue the keys, oldest out (pointer arithmetic on the device: no host sync)."""
+        """Enqueue every rank's keys, oldest out (pointer arithmetic on the device: no host sync)."""
+        # every rank's keys, in rank order (MoCo's concat_all_gather): the queues stay identical across
+        # ranks. A collective inside training_step, where every rank is at the same batch
+        keys = all_gather_no_grad(keys)
         n, size = keys.shape[0], self.queue.shape[0]
         idx = (self.queue_ptr + torch.arange(n, device=keys.device)) % size
         self.queue[idx] = keys
@@ -334,6 +339,7 @@ class PointBERTPretrainTask(BaseTask):
         self._eval_step(batch, "val", batch_idx)
 
     def on_validation_epoch_end(self) -> None:
+        self.token_counts = self.sum_over_ranks(self.token_counts)  # the whole split's tokens, every rank
         self.log_dict({f"val/{k}": v for k, v in _token_stats(self.token_counts).items()})
 
     def test_step(self, batch, batch_idx: int) -> None:

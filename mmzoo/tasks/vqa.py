@@ -86,8 +86,9 @@ class VQATask(BaseTask):
         return loss, logits
 
     def _log_accuracy(self, metric: PerTypeAccuracy, prefix: str) -> None:
-        if int(metric.total.sum()) == 0:
+        if int(metric.total.sum()) == 0:  # the same on every rank: every rank saw batches or none did
             return
+        self.settle_epoch_metrics()  # compute() below gathers across ranks (see BaseTask.settle_epoch_metrics)
         overall, per_type = metric.compute()
         self.log(f"{prefix}/acc", overall, prog_bar=prefix == "val")
         if len(self.question_types) > 1:
