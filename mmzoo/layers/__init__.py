@@ -1,4 +1,5 @@
 """Shared building blocks: one vocabulary for every modality."""
+from .activations import ACT_LAYERS, QuickGELU, get_act_layer
 from .attention import Attention, KVCache, build_attn_mask, set_fused_attn, use_fused_attn
 from .block import Block, Transformer, build_blocks, run_blocks
 from .drop import DropPath, LayerScale, drop_path
@@ -12,6 +13,7 @@ from .points import (MiniPointNet, chamfer_distance, farthest_point_sample, grou
                      knn)
 
 __all__ = [
+    "ACT_LAYERS", "QuickGELU", "get_act_layer",
     "Attention", "KVCache", "build_attn_mask", "set_fused_attn", "use_fused_attn",
     "Block", "Transformer", "build_blocks", "run_blocks", "DropPath", "LayerScale", "drop_path",
     "Mlp", "GluMlp", "SwiGLU", "GEGLU", "get_mlp_layer",

@@ -31,7 +31,8 @@ from . import generation
 from ._registry import register_arch, register_model
 from .clip import build_vision_tower, clip_vision_config
 from .text import TextConfig
-from .vit import ViTConfig, get_act_layer
+from ..layers.activations import get_act_layer
+from .vit import ViTConfig
 
 
 POOLERS = ("parallel", "cascade")

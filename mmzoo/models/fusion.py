@@ -39,7 +39,8 @@ import torch.nn as nn
 from ..layers import Block, Mlp, Transformer, get_mlp_layer, get_norm_layer, run_blocks
 from ._registry import register_arch, register_model
 from .text import TextConfig, TextTransformer
-from .vit import VisionTransformer, ViTConfig, get_act_layer
+from ..layers.activations import get_act_layer
+from .vit import VisionTransformer, ViTConfig
 
 FUSION_TYPES = ("early_sum", "early_concat", "multi_to_one", "one_to_multi", "cross_attention",
                 "cross_attention_concat")

@@ -22,7 +22,7 @@ from ..layers import KVCache, MoE, RotaryEmbedding, build_blocks, get_mlp_layer,
 from ..layers import sinusoidal_pos_embed
 from . import generation
 from ._registry import register_arch, register_model
-from .vit import get_act_layer
+from ..layers.activations import get_act_layer
 
 LM_KINDS = ("encoder", "decoder", "encoder_decoder")
 POS_EMBEDS = ("learned", "sinusoidal", "rope", "relative", "none")

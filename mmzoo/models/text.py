@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..layers import build_blocks, get_mlp_layer, get_norm_layer, run_blocks
-from .vit import get_act_layer
+from ..layers.activations import get_act_layer
 
 POOL_TYPES = ("argmax", "eot_id", "last")
 

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from ..layers import Attention, Block, PatchEmbed, build_blocks, get_norm_layer, run_blocks
 from ..layers import resample_abs_pos_embed
 from ._registry import register_arch, register_model
-from .vit import get_act_layer
+from ..layers.activations import get_act_layer
 
 SCHEMES = ("space_only", "joint_space_time", "divided_space_time", "sparse_local_global", "axial")
 # the paper's short names are accepted too

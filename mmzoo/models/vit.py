@@ -6,34 +6,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import partial
 from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
 
 from ..layers import PatchEmbed, build_blocks, get_mlp_layer, run_blocks, get_norm_layer, resample_abs_pos_embed
+from ..layers.activations import ACT_LAYERS, QuickGELU, get_act_layer  # noqa: F401  (re-exported: old imports)
 from ..layers.pos_embed import sincos_2d_pos_embed
 from ._registry import register_arch, register_model
-
-
-class QuickGELU(nn.Module):
-    """x * sigmoid(1.702 x): the GELU approximation of OpenAI's CLIP weights."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.sigmoid(1.702 * x)
-
-
-ACT_LAYERS = {"gelu": nn.GELU, "gelu_tanh": partial(nn.GELU, approximate="tanh"), "quick_gelu": QuickGELU,
-              "silu": nn.SiLU, "relu": nn.ReLU}
-
-
-def get_act_layer(name: str):
-    """Activation class by config name."""
-    try:
-        return ACT_LAYERS[name]
-    except KeyError:
-        raise ValueError(f"unknown act_layer {name!r}; valid choices: {sorted(ACT_LAYERS)}") from None
 
 
 @dataclass
