@@ -107,6 +107,17 @@ def test_clip_checkpoint_carries_its_preprocessing_to_zeroshot(train_cfg, tmp_pa
     assert read_checkpoint(exported).pretrained_cfg == stored
     assert mmzoo.create_model(pretrained=exported).pretrained_cfg["input_size"] == [3, 40, 40]
 
+    # and the save_pretrained folder written from the run: preprocessing, the run's settings and metrics
+    from mmzoo.hub import save_checkpoint_pretrained
+
+    folder = save_checkpoint_pretrained(ckpt, tmp_path / "folder")
+    assert mmzoo.from_pretrained(folder).pretrained_cfg["input_size"] == [3, 40, 40]
+    card = (folder / "README.md").read_text()
+    run_metrics = json.loads((Path(cfg.paths.output_dir) / "metrics.json").read_text())
+    val = sorted(k for k in run_metrics if k.startswith("val/"))[0]
+    assert f"| {val} | {run_metrics[val]:.4g} |" in card and "- seed: 42" in card
+    assert "mmzoo.data.shapes_captions.ShapesCaptionsDataModule" in card and "40x40 pixels" in card
+
     # the user's folder of photos (data default: 32 px, ImageNet mean/std): the model's preprocessing, no flag
     photos = tmp_path / "photos"
     _image_folder(photos)
