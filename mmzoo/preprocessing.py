@@ -58,6 +58,15 @@ def _per_channel(value: Any, channels: int) -> Optional[list[float]]:
     return [float(x) for x in value]
 
 
+def _get(obj: Any, name: str) -> Any:
+    """``getattr(obj, name, None)``, also None when a property raises: recording the preprocessing must never
+    stop a checkpoint from being written."""
+    try:
+        return getattr(obj, name, None)
+    except Exception:  # noqa: BLE001
+        return None
+
+
 def data_config(dm: Any) -> dict[str, Any]:
     """The preprocessing settings of a data module (after ``setup``), as plain containers.
 
@@ -67,12 +76,12 @@ def data_config(dm: Any) -> dict[str, Any]:
             ``tokenizer_name``, ``class_names``, ``zeroshot_templates`` are read where it has them.
     """
     out: dict[str, Any] = {"data_module": f"{type(dm).__module__}.{type(dm).__qualname__}"}
-    size = getattr(dm, "image_size", None)
+    size = _get(dm, "image_size")
     if isinstance(size, int) or (isinstance(size, (list, tuple)) and len(size) == 2):
-        channels = int(getattr(dm, "in_chans", 3) or 3)
+        channels = int(_get(dm, "in_chans") or 3)
         h, w = (size, size) if isinstance(size, int) else size
         out["input_size"] = [channels, int(h), int(w)]
-        mean, std = _per_channel(getattr(dm, "mean", None), channels), _per_channel(getattr(dm, "std", None), channels)
+        mean, std = _per_channel(_get(dm, "mean"), channels), _per_channel(_get(dm, "std"), channels)
         if mean is not None and std is not None:
             out["mean"], out["std"] = mean, std
         out["interpolation"] = EVAL_INTERPOLATION
@@ -81,14 +90,14 @@ def data_config(dm: Any) -> dict[str, Any]:
     for key, attr in (("num_frames", "num_frames"), ("frame_stride", "sampling_rate"), ("sample_rate", "sample_rate"),
                       ("num_points", "num_points"), ("context_length", "context_length"),
                       ("tokenizer", "tokenizer_name")):
-        value = getattr(dm, attr, None)
+        value = _get(dm, attr)
         if isinstance(value, (int, str)) and not isinstance(value, bool):
             out[key] = value
-    names = getattr(dm, "class_names", None)
+    names = _get(dm, "class_names")
     if names:
         out["class_names"] = [str(n) for n in names]
         out["num_classes"] = len(out["class_names"])
-    templates = getattr(dm, "zeroshot_templates", None)
+    templates = _get(dm, "zeroshot_templates")
     if templates:
         out["zeroshot_templates"] = [str(t) for t in templates]
     return _plain(out)

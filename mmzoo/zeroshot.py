@@ -6,7 +6,8 @@ classification data module, reports top-1 / top-5 / per-class accuracy, and writ
 ``confusion.png`` to the run directory (``hydra.run.dir``).
 
 Images are preprocessed as the model was trained (``model.pretrained_cfg``, stored in the checkpoint): the
-data module's ``image_size``, ``in_chans``, ``mean`` and ``std`` are set from it, and the log says so. A value
+data module's ``image_size``, ``in_chans``, ``mean`` and ``std`` are set from it, and the log says so; a data
+module without prompt templates of its own gets the model's. A value
 given on the command line (``data.image_size=64``) is used as given, with a warning naming it and the model's.
 ``zeroshot.json`` records the preprocessing used under ``preprocessing``.
 """
@@ -175,9 +176,15 @@ def run(cfg: DictConfig, overrides: Optional[Sequence[str]] = None) -> dict[str,
         tokenizer = get_tokenizer(cfg.tokenizer)
     else:
         tokenizer = getattr(dm, "tokenizer", None) or get_tokenizer("clip")
-    if templates is None:
-        templates = check_templates(getattr(dm, "zeroshot_templates", None) or DEFAULT_TEMPLATES,
-                                    f"the zero-shot templates of {type(dm).__name__}")
+    if templates is None:  # the data module's, else those the model was evaluated with, else mmzoo's
+        if getattr(dm, "zeroshot_templates", None):
+            templates = check_templates(dm.zeroshot_templates, f"the zero-shot templates of {type(dm).__name__}")
+        elif model_cfg.get("zeroshot_templates"):
+            templates = check_templates(model_cfg["zeroshot_templates"], "the zero-shot templates of the model's "
+                                        "pretrained_cfg")
+            log.info("prompt templates: the %d the model was evaluated with (its pretrained_cfg)", len(templates))
+        else:
+            templates = check_templates(DEFAULT_TEMPLATES, "mmzoo's default zero-shot templates")
     if hasattr(dm, "zeroshot_dataloader"):
         loader = dm.zeroshot_dataloader(cfg.split)
     else:

@@ -83,7 +83,7 @@ def _zeroshot(ckpt: Path, out: Path, *overrides: str):
     return json.loads((out / "zeroshot.json").read_text())
 
 
-def test_clip_checkpoint_carries_its_preprocessing_to_zeroshot(train_cfg, tmp_path, caplog):
+def test_clip_checkpoint_carries_its_preprocessing_to_zeroshot(train_cfg, tmp_path, caplog, capsys):
     cfg = train_cfg("model=clip", "model.name=clip_nano", "debug=limit", "trainer.max_epochs=1", "test=false",
                     "data.num_train=64", "data.num_val=32", "data.num_test=32", "data.num_zeroshot=32",
                     "data.batch_size=32", "data.image_size=40", "data.context_length=16")
@@ -117,6 +117,15 @@ def test_clip_checkpoint_carries_its_preprocessing_to_zeroshot(train_cfg, tmp_pa
     val = sorted(k for k in run_metrics if k.startswith("val/"))[0]
     assert f"| {val} | {run_metrics[val]:.4g} |" in card and "- seed: 42" in card
     assert "mmzoo.data.shapes_captions.ShapesCaptionsDataModule" in card and "40x40 pixels" in card
+    # the same from the command line, and `mmzoo info` shows the preprocessing
+    from mmzoo.cli import main as mmzoo_cli
+
+    assert mmzoo_cli(["export", str(ckpt), str(tmp_path / "cli_folder")]) == 0
+    assert mmzoo.from_pretrained(tmp_path / "cli_folder").pretrained_cfg == mmzoo.from_pretrained(folder).pretrained_cfg
+    capsys.readouterr()
+    assert mmzoo_cli(["info", str(ckpt)]) == 0
+    out = capsys.readouterr().out
+    assert "preprocessing:\n" in out and "  input_size: [3, 40, 40]\n" in out
 
     # the user's folder of photos (data default: 32 px, ImageNet mean/std): the model's preprocessing, no flag
     photos = tmp_path / "photos"
@@ -126,6 +135,7 @@ def test_clip_checkpoint_carries_its_preprocessing_to_zeroshot(train_cfg, tmp_pa
     assert res["preprocessing"] == {"input_size": [3, 40, 40], "mean": SHAPES_MEAN, "std": SHAPES_STD}
     assert res["num_samples"] == 4 and res["num_classes"] == 2
     assert "preprocessing from the model's pretrained_cfg" in caplog.text
+    assert res["templates"] == stored["zeroshot_templates"]  # image_folder has none: the model's
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING and "trained with" in r.getMessage()]
 
     # an explicit setting that differs is used as given, with a warning naming both values
