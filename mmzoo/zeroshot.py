@@ -6,10 +6,10 @@ classification data module, reports top-1 / top-5 / per-class accuracy, and writ
 ``confusion.png`` to the run directory (``hydra.run.dir``).
 
 Images are preprocessed as the model was trained (``model.pretrained_cfg``, stored in the checkpoint): the
-data module's ``image_size``, ``in_chans``, ``mean`` and ``std`` are set from it, and the log says so; a data
-module without prompt templates of its own gets the model's. A value
+data module's ``image_size``, ``in_chans``, ``mean`` and ``std`` are set from it, and the log says so. A value
 given on the command line (``data.image_size=64``) is used as given, with a warning naming it and the model's.
-``zeroshot.json`` records the preprocessing used under ``preprocessing``.
+A data module without prompt templates of its own gets the model's. ``zeroshot.json`` records the
+preprocessing used under ``preprocessing``.
 """
 from __future__ import annotations
 
@@ -107,12 +107,16 @@ def apply_model_preprocessing(data_cfg: DictConfig, model_cfg: Mapping[str, Any]
     return applied
 
 
-def _used_preprocessing(dm: Any, model_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """The data module's image settings; a warning for each that differs from the model's and was not set."""
+def _used_preprocessing(dm: Any, model_cfg: Mapping[str, Any], given: set[str]) -> dict[str, Any]:
+    """The data module's image settings, with a warning for each that differs from the model's although it was
+    not given on the command line (a data module whose fixed normalisation cannot be set)."""
     from mmzoo.preprocessing import data_config
 
     used = {k: v for k, v in data_config(dm).items() if k in ("input_size", "mean", "std")}
+    warned_already = {"input_size"} if given & {"image_size", "in_chans"} else set()
     for key, value in used.items():
+        if key in given | warned_already:
+            continue
         if key in model_cfg and not _same(model_cfg[key], value):
             log.warning("%s normalises images with %s=%s, but the model was trained with %s=%s",
                         type(dm).__name__, key, value, key, model_cfg[key])
@@ -148,11 +152,10 @@ def run(cfg: DictConfig, overrides: Optional[Sequence[str]] = None) -> dict[str,
         overrides: the command-line overrides (None: Hydra's record of them, none outside ``@hydra.main``);
             ``data.KEY`` among them keeps that data setting instead of the model's preprocessing.
     """
-    from mmzoo.preprocessing import config_of
-
     from mmzoo.checkpoint import atomic_write_text
     from mmzoo.data.templates import check_templates, load_templates
     from mmzoo.data.tokenizer import get_tokenizer
+    from mmzoo.preprocessing import config_of
     from mmzoo.tasks.zeroshot import DEFAULT_TEMPLATES, build_zeroshot_classifier, zeroshot_evaluate
 
     out_dir = Path(cfg.paths.output_dir)
@@ -165,10 +168,11 @@ def run(cfg: DictConfig, overrides: Optional[Sequence[str]] = None) -> dict[str,
         raise ValueError(f"{getattr(model, 'model_name', type(model).__name__)} has no text tower; zero-shot "
                          "classification needs an image-text model (clip_*, coca_*)")
     model_cfg = config_of(model)
-    apply_model_preprocessing(cfg.data, model_cfg, command_line_data_keys(overrides))
+    given = command_line_data_keys(overrides)
+    apply_model_preprocessing(cfg.data, model_cfg, given)
     dm = instantiate(cfg.data, _convert_="all")
     dm.setup("test")
-    used = _used_preprocessing(dm, model_cfg)
+    used = _used_preprocessing(dm, model_cfg, given)
     names = list(getattr(dm, "class_names", []) or [])
     if not names:
         raise ValueError(f"{type(dm).__name__} provides no class_names to build prompts from")

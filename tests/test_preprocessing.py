@@ -144,8 +144,8 @@ def test_clip_checkpoint_carries_its_preprocessing_to_zeroshot(train_cfg, tmp_pa
                     "+data.mean=[0.4,0.4,0.4]")
     assert res["preprocessing"]["mean"] == pytest.approx([0.4] * 3)
     assert res["preprocessing"]["input_size"] == [3, 40, 40] and res["preprocessing"]["std"] == SHAPES_STD
-    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "data.mean" in r.getMessage()]
-    assert len(warned) == 1 and "[0.4, 0.4, 0.4]" in warned[0] and "[0.5, 0.5, 0.5]" in warned[0]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "trained with" in r.getMessage()]
+    assert len(warned) == 1 and "data.mean=[0.4, 0.4, 0.4]" in warned[0] and "[0.5, 0.5, 0.5]" in warned[0]
 
 
 def test_timm_resolves_the_data_config_of_an_mmzoo_model():
@@ -173,3 +173,19 @@ def test_explicit_image_size_differing_from_the_model_warns_naming_both(caplog):
     assert set(applied) == {"in_chans", "mean", "std"}
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "data.image_size=64" in warnings[0] and "image_size=40" in warnings[0]
+
+
+def test_a_data_module_with_a_fixed_other_normalisation_is_named_in_a_warning(caplog):
+    from mmzoo.zeroshot import _used_preprocessing
+
+    class FixedNormalisation:  # as shapes / digits: mean and std are not arguments
+        image_size, in_chans, mean, std = 40, 3, (0.5,) * 3, (0.29,) * 3
+
+    model_cfg = {"input_size": [3, 40, 40], "mean": [0.48] * 3, "std": [0.29] * 3}
+    used = _used_preprocessing(FixedNormalisation(), model_cfg, set())
+    assert used == {"input_size": [3, 40, 40], "mean": [0.5] * 3, "std": [0.29] * 3}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "mean=[0.5, 0.5, 0.5]" in warnings[0] and "[0.48, 0.48, 0.48]" in warnings[0]
+    caplog.clear()
+    _used_preprocessing(FixedNormalisation(), model_cfg, {"mean"})  # given on the command line: warned already
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
