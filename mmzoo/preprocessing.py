@@ -29,7 +29,10 @@ arguments mmzoo's image data modules take (``image_size``, ``mean``, ``std``, ``
 """
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional
+import math
+import os
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Union
 
 import torch.nn as nn
 
@@ -159,4 +162,62 @@ def config_of(model: nn.Module) -> dict[str, Any]:
     return dict(stored) if isinstance(stored, dict) else pretrained_cfg(model)
 
 
-__all__ = ["data_config", "pretrained_cfg", "data_kwargs", "config_of", "EVAL_INTERPOLATION", "EVAL_CROP_PCT"]
+def create_transforms(cfg: Mapping[str, Any]) -> tuple[Callable, Callable]:
+    """The ``(train, eval)`` image transforms of a ``pretrained_cfg``: PIL image or uint8 tensor in, normalised
+    float32 ``(C, H, W)`` out. Eval resizes the shorter side to ``input_size / crop_pct`` with
+    ``interpolation`` and crops the centre (mmzoo's own checkpoints: ``crop_pct=1``, bilinear, exactly the data
+    modules' evaluation transform); train is mmzoo's random resized crop and horizontal flip.
+
+    Args:
+        cfg: a ``pretrained_cfg`` (``model.pretrained_cfg``); ``mean`` / ``std`` default to ImageNet's, as timm's.
+
+    Raises:
+        ValueError: the config has no ``input_size`` (not an image model's), or an unknown interpolation.
+    """
+    from torchvision.transforms import v2
+
+    from .data.transforms import IMAGENET_MEAN, IMAGENET_STD, _to_normalised_float, build_train_transform
+
+    if cfg.get("input_size") is None:
+        raise ValueError(f"the pretrained_cfg has no input_size (keys: {sorted(cfg)}): image transforms need an "
+                         "image model's preprocessing")
+    size = int(cfg["input_size"][-1])
+    mean = list(cfg.get("mean") or IMAGENET_MEAN)
+    std = list(cfg.get("std") or IMAGENET_STD)
+    name = str(cfg.get("interpolation") or EVAL_INTERPOLATION)
+    try:
+        mode = v2.InterpolationMode(name)
+    except ValueError:
+        raise ValueError(f"pretrained_cfg interpolation={name!r} is not one of "
+                         f"{[m.value for m in v2.InterpolationMode]}") from None
+    crop_pct = float(cfg.get("crop_pct") or EVAL_CROP_PCT)
+    resize = size if crop_pct == 1.0 else int(math.floor(size / crop_pct))  # timm's eval transform
+    eval_tf = v2.Compose([v2.Resize(resize, interpolation=mode, antialias=True), v2.CenterCrop(size)]
+                         + _to_normalised_float(mean, std))
+    return build_train_transform(size, mean, std), eval_tf
+
+
+def create_model_and_transforms(name_or_path: Union[str, "os.PathLike[str]"], **overrides: Any
+                                ) -> tuple[nn.Module, Callable, Callable]:
+    """A model and its ``(train, eval)`` image transforms, from its own preprocessing (``model.pretrained_cfg``).
+
+    Args:
+        name_or_path: a checkpoint file, a ``save_pretrained`` folder, or a preset name.
+        **overrides: config fields to change, as for ``mmzoo.create_model``.
+    """
+    from .hub import CONFIG_NAME, from_pretrained
+    from .models import create_model
+
+    path = Path(name_or_path)
+    if path.is_dir() and (path / CONFIG_NAME).is_file():
+        model = from_pretrained(path, **overrides)
+    elif path.exists():
+        model = create_model(pretrained=path, **overrides)
+    else:
+        model = create_model(str(name_or_path), **overrides)
+    train_tf, eval_tf = create_transforms(model.pretrained_cfg)
+    return model, train_tf, eval_tf
+
+
+__all__ = ["data_config", "pretrained_cfg", "data_kwargs", "config_of", "create_transforms",
+           "create_model_and_transforms", "EVAL_INTERPOLATION", "EVAL_CROP_PCT"]

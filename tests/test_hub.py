@@ -80,3 +80,31 @@ def test_from_pretrained_errors_name_the_folder_and_file(tmp_path):
     (folder / CONFIG_NAME).write_text("[1, 2]")
     with pytest.raises(ValueError, match="not the JSON object"):
         from_pretrained(folder)
+
+
+def test_create_model_and_transforms_from_a_folder_uses_its_preprocessing(tmp_path):
+    from PIL import Image
+
+    from mmzoo.data.transforms import build_eval_transform
+    from mmzoo.preprocessing import create_transforms
+
+    model = mmzoo.create_model("vit_nano_patch4_32", num_classes=3)
+    model.pretrained_cfg = {**model.pretrained_cfg, "mean": [0.5] * 3, "std": [0.25] * 3}
+    model.save_pretrained(tmp_path / "m")
+    loaded, train_tf, eval_tf = mmzoo.create_model_and_transforms(tmp_path / "m")
+    assert loaded.pretrained_cfg["mean"] == [0.5] * 3
+    gen = torch.Generator().manual_seed(0)
+    img = Image.fromarray(torch.randint(0, 256, (40, 50, 3), generator=gen, dtype=torch.uint8).numpy())
+    x = eval_tf(img)
+    assert x.shape == (3, 32, 32) and torch.equal(x, build_eval_transform(32, [0.5] * 3, [0.25] * 3)(img))
+    assert train_tf(img).shape == (3, 32, 32)
+    # the exact law of the normalisation: (pixel / 255 - mean) / std on a constant image
+    flat = Image.new("RGB", (32, 32), (51, 102, 204))
+    torch.testing.assert_close(eval_tf(flat)[:, 0, 0], (torch.tensor([51, 102, 204]) / 255 - 0.5) / 0.25)
+    # timm's crop_pct: resize to size / crop_pct, then crop the centre
+    _, tf = create_transforms({"input_size": [3, 32, 32], "crop_pct": 0.875, "interpolation": "bicubic"})
+    assert tf(img).shape == (3, 32, 32) and tf.transforms[0].size == [36]
+    with pytest.raises(ValueError, match="no input_size"):
+        create_transforms({"num_points": 1024})
+    with pytest.raises(ValueError, match="interpolation='cubic'"):
+        create_transforms({"input_size": [3, 32, 32], "interpolation": "cubic"})
