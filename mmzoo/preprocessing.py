@@ -5,24 +5,20 @@ see :mod:`mmzoo.checkpoint`); ``mmzoo.create_model(pretrained=CKPT)`` sets ``mod
 with timm's key names so ``timm.data.resolve_model_data_config(model)`` gives the right answer for image
 models:
 
-=====================  ===========================================================================
-key                    meaning
-=====================  ===========================================================================
-``input_size``         ``[channels, height, width]`` of an image (or of each video frame)
-``mean`` / ``std``     per-channel normalisation applied after scaling pixels to [0, 1]
-``interpolation``      resize filter of the evaluation transform (``"bilinear"``)
-``crop_pct``           centre-crop fraction of the evaluation transform (1.0: resize the shorter side
-                       to the input size, then crop the centre square)
-``crop_mode``          ``"center"``
-``num_frames``         frames per video clip; ``frame_stride``: the step between them
-``sample_rate``        audio samples per second
-``num_points``         points per point cloud
-``context_length``     text tokens per sequence; ``tokenizer``: the tokenizer's name
-``num_classes``        classes of the head (or of the data, for a model without a head)
-``class_names``        the data module's class names, in label order
-``zeroshot_templates``  prompt templates the data module evaluates zero-shot classification with
-``data_module``        the data module's class (``mmzoo.data.shapes_captions.ShapesCaptionsDataModule``)
-=====================  ===========================================================================
+| key | meaning |
+|---|---|
+| ``input_size`` | ``[channels, height, width]`` of an image (or of each video frame) |
+| ``mean`` / ``std`` | per-channel normalisation applied after scaling pixels to [0, 1] |
+| ``interpolation`` | resize filter of the evaluation transform (``"bilinear"``) |
+| ``crop_pct`` / ``crop_mode`` | centre-crop fraction of the evaluation transform (1.0: resize the shorter side to the input size, then crop the centre square) / ``"center"`` |
+| ``num_frames`` / ``frame_stride`` | frames per video clip / the step between them |
+| ``sample_rate`` | audio samples per second |
+| ``num_points`` | points per point cloud |
+| ``context_length`` / ``tokenizer`` | text tokens per sequence / the tokenizer's name |
+| ``num_classes`` | classes of the head (or of the data, for a model without a head) |
+| ``class_names`` | the data module's class names, in label order |
+| ``zeroshot_templates`` | prompt templates the data module evaluates zero-shot classification with |
+| ``data_module`` | the data module's class (``mmzoo.data.shapes_captions.ShapesCaptionsDataModule``) |
 
 Keys a data module does not have are left out. :func:`data_kwargs` turns the image keys back into the
 arguments mmzoo's image data modules take (``image_size``, ``mean``, ``std``, ``in_chans``).
