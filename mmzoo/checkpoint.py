@@ -18,7 +18,8 @@ weights file into a :class:`Checkpoint` (weights + the model description when th
 the task's ``model.`` prefix, ``optimizer_states``, ``loops``, ``callbacks`` ...) and:
 
 * ``mmzoo``: ``arch``, ``model_name``, ``config`` -- the model rebuilt from the file alone
-  (:func:`model_metadata`);
+  (:func:`model_metadata`) -- and ``pretrained_cfg``, the preprocessing the model was trained with
+  (image size, mean/std, class names ...; :mod:`mmzoo.preprocessing`);
 * ``mmzoo_run``: the run's ``seed``, ``data`` config, ``world_size`` and ``accumulate_grad_batches``, compared
   with a resuming run's (:func:`run_config_differences`), beside the run's name and W&B id
   (``mmzoo.run_info``).
@@ -44,6 +45,7 @@ log = logging.getLogger("mmzoo")
 PathLike = Union[str, os.PathLike]
 
 MMZOO_KEY = "mmzoo"  # checkpoint entry holding arch / model_name / config
+PRETRAINED_CFG_KEY = "pretrained_cfg"  # inside the mmzoo entry: the data config the model was trained with
 RUN_KEY = "mmzoo_run"  # checkpoint entry holding the run settings a resumed run is compared with
 LIGHTNING_PREFIX = "model."  # a task's ``self.model`` parameters in a Lightning ``state_dict``
 LIGHTNING_VERSION_KEY = "pytorch-lightning_version"
@@ -275,6 +277,7 @@ class Checkpoint:
         arch: the architecture name (mmzoo files).
         model_name: the preset the model was built from (mmzoo files).
         config: the model config as plain containers (mmzoo files).
+        pretrained_cfg: the preprocessing the model was trained with (mmzoo files that record it).
     """
 
     path: str
@@ -283,6 +286,7 @@ class Checkpoint:
     arch: Optional[str] = None
     model_name: Optional[str] = None
     config: Optional[dict[str, Any]] = None
+    pretrained_cfg: Optional[dict[str, Any]] = None
 
 
 def _plain(obj: Any) -> Any:
@@ -294,17 +298,29 @@ def _plain(obj: Any) -> Any:
     return obj
 
 
-def model_metadata(model: nn.Module) -> dict[str, Any]:
-    """What a checkpoint needs to rebuild ``model``: arch, preset name, config as plain containers.
+def model_metadata(model: nn.Module, pretrained_cfg: Optional[Mapping[str, Any]] = None) -> dict[str, Any]:
+    """What a checkpoint needs to rebuild ``model``: arch, preset name, config as plain containers, and the
+    preprocessing it expects (``pretrained_cfg``: the one given, else ``model.pretrained_cfg`` when set).
 
     Args:
         model: a model built by ``mmzoo.create_model``.
+        pretrained_cfg: the data config the model is trained with (:func:`mmzoo.preprocessing.data_config`).
     """
-    return {
+    out = {
         "arch": model.arch_name,
         "model_name": getattr(model, "model_name", None),
         "config": _plain(dataclasses.asdict(model.cfg)),
     }
+    if pretrained_cfg is None:
+        pretrained_cfg = getattr(model, "pretrained_cfg", None)
+    if isinstance(pretrained_cfg, Mapping):
+        out[PRETRAINED_CFG_KEY] = _plain(dict(pretrained_cfg))
+    return out
+
+
+def _stored_pretrained_cfg(info: Mapping[str, Any]) -> Optional[dict[str, Any]]:
+    value = info.get(PRETRAINED_CFG_KEY)
+    return dict(value) if isinstance(value, dict) else None
 
 
 def add_lightning_prefix(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -396,7 +412,8 @@ def read_checkpoint(path: PathLike) -> Checkpoint:
         if not isinstance(obj.get("state_dict"), dict):
             raise CheckpointError(f"{p} has mmzoo metadata but no 'state_dict' of weights; the file is damaged")
         sd = strip_lightning_prefix(obj["state_dict"])
-        return Checkpoint(str(p), sd, "mmzoo", info["arch"], info.get("model_name"), info["config"])
+        return Checkpoint(str(p), sd, "mmzoo", info["arch"], info.get("model_name"), info["config"],
+                          _stored_pretrained_cfg(info))
     for key in ("state_dict", "model", "module", "model_state_dict"):
         if key in obj and isinstance(obj[key], dict):
             obj = obj[key]
@@ -431,7 +448,8 @@ def _read_safetensors(p: Path) -> Checkpoint:
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{p}: its '{MMZOO_KEY}' metadata is not JSON ({e})") from e
         info = _check_metadata(p, info)
-        return Checkpoint(str(p), sd, "mmzoo", info["arch"], info.get("model_name"), info["config"])
+        return Checkpoint(str(p), sd, "mmzoo", info["arch"], info.get("model_name"), info["config"],
+                          _stored_pretrained_cfg(info))
     return Checkpoint(str(p), sd, "foreign")
 
 
@@ -649,7 +667,7 @@ def remove_stale_files(folder: PathLike, writers: Iterable[Any], resume: Optiona
 
 
 __all__ = [
-    "Checkpoint", "CheckpointError", "MMZOO_KEY", "RUN_KEY", "LIGHTNING_PREFIX", "atomic_write", "atomic_write_bytes",
+    "Checkpoint", "CheckpointError", "MMZOO_KEY", "PRETRAINED_CFG_KEY", "RUN_KEY", "LIGHTNING_PREFIX", "atomic_write", "atomic_write_bytes",
     "atomic_write_text", "save", "load", "describe_file", "is_safetensors", "read_checkpoint", "model_metadata",
     "add_lightning_prefix", "strip_lightning_prefix", "mmzoo_checkpoint", "check_weights_fit",
     "read_training_checkpoint", "run_record", "run_config_differences", "stale_files", "remove_stale_files",

@@ -2,7 +2,8 @@
 
     mmzoo models [PATTERN]           list model presets
     mmzoo export CKPT OUT.safetensors export a checkpoint's weights (config kept in the metadata)
-    mmzoo info CKPT                  describe a checkpoint
+    mmzoo export CKPT DIR            write a model folder: config.json, model.safetensors, preprocessing, model card
+    mmzoo info CKPT                  describe a checkpoint (and the preprocessing it records)
     mmzoo plot RUN [RUN ...]         one PNG per logged metric with every run's curve (from the CSV logs)
     mmzoo compare RUN [RUN ...]      the runs' final metrics side by side
 """
@@ -30,9 +31,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("models", help="list model presets")
     p.add_argument("pattern", nargs="?", default="*")
-    p = sub.add_parser("export", help="export checkpoint weights to safetensors")
+    p = sub.add_parser("export", help="export checkpoint weights to safetensors, or a model folder")
     p.add_argument("ckpt")
-    p.add_argument("out")
+    p.add_argument("out", help="OUT.safetensors, or a folder (a name without a suffix, or an existing folder)")
     p = sub.add_parser("info", help="describe a checkpoint")
     p.add_argument("ckpt")
     p = sub.add_parser("plot", help="draw the logged curves of runs, one PNG per metric")
@@ -55,10 +56,18 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
         print("\n".join(list_models(args.pattern)))
     elif args.cmd == "export":
-        from mmzoo.convert import export_safetensors
+        from pathlib import Path
 
+        from mmzoo.convert import export_safetensors
+        from mmzoo.hub import save_checkpoint_pretrained
+
+        out = Path(args.out)
+        if out.is_dir() or (not out.suffix and not out.exists()):
+            path = save_checkpoint_pretrained(args.ckpt, out)
+            print(f"wrote {path}/ (config.json, model.safetensors, preprocessor_config.json, README.md)")
+            return 0
         if not args.out.endswith(".safetensors"):
-            parser.error(f"OUT must end with .safetensors, got {args.out}")
+            parser.error(f"OUT must end with .safetensors or name a folder, got {args.out}")
         path = export_safetensors(args.ckpt, args.out)
         print(f"wrote {path}")
     elif args.cmd == "info":
@@ -70,6 +79,10 @@ def _run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
               f"\ntensors: {len(ckpt.state_dict)} ({n:,} values)")
         if ckpt.config:
             for k, v in ckpt.config.items():
+                print(f"  {printable(k)}: {printable(v)}")
+        if ckpt.pretrained_cfg:
+            print("preprocessing:")
+            for k, v in ckpt.pretrained_cfg.items():
                 print(f"  {printable(k)}: {printable(v)}")
     elif args.cmd in ("plot", "compare"):
         from mmzoo import runs

@@ -133,5 +133,8 @@ def export_safetensors(src: Union[str, os.PathLike], dst: Union[str, os.PathLike
     ckpt = read_checkpoint(src)
     meta = {}
     if ckpt.format == "mmzoo":
-        meta[MMZOO_KEY] = json.dumps({"arch": ckpt.arch, "model_name": ckpt.model_name, "config": ckpt.config})
+        info = {"arch": ckpt.arch, "model_name": ckpt.model_name, "config": ckpt.config}
+        if ckpt.pretrained_cfg is not None:  # the preprocessing travels with the exported weights
+            info["pretrained_cfg"] = ckpt.pretrained_cfg
+        meta[MMZOO_KEY] = json.dumps(info)
     return atomic_write_bytes(dst, save({k: v.contiguous() for k, v in ckpt.state_dict.items()}, metadata=meta))

@@ -173,6 +173,8 @@ class ShapesDataModule(ImageClassificationDataModule):
     ``batch_size``, ``num_workers``, ``seed``, ``pin_memory``, ``eval_batch_size``: see :class:`BaseDataModule`.
     """
 
+    mean, std = (MEAN,) * 3, (STD,) * 3  # the fixed normalisation of every image (recorded in checkpoints)
+
     def __init__(self, batch_size: int = 64, num_workers: int = 0, seed: int = 0, pin_memory: bool = False,
                  eval_batch_size: Optional[int] = None, num_train: int = 10000, num_val: int = 2000,
                  num_test: int = 2000, image_size: int = 32, augment: bool = True, cache: bool = True) -> None:

@@ -400,6 +400,7 @@ class ShapesCaptionsDataModule(TextDataMixin, BaseDataModule):
     """
 
     in_chans = 3
+    mean, std = (MEAN,) * 3, (STD,) * 3  # the fixed normalisation of every image (recorded in checkpoints)
 
     zeroshot_templates = ZEROSHOT_TEMPLATES  # prompts the zero-shot evaluation uses by default
 

@@ -306,6 +306,8 @@ def create_model(
             forward gives the feature maps of those blocks (ViT).
     """
     from ..convert import load_pretrained, read_checkpoint
+    from ..hub import save_pretrained
+    from ..preprocessing import pretrained_cfg
 
     if isinstance(pretrained, bool):
         if not pretrained:
@@ -338,6 +340,9 @@ def create_model(
     if ckpt is not None:
         load_pretrained(model, ckpt)
         model.init_source = str(pretrained)  # where the weights came from
+    # the preprocessing the weights expect (timm's pretrained_cfg keys; mmzoo.preprocessing)
+    model.pretrained_cfg = pretrained_cfg(model, ckpt.pretrained_cfg if ckpt is not None else None)
+    model.save_pretrained = types.MethodType(save_pretrained, model)  # model.save_pretrained(DIR): mmzoo.hub
     if features_only:
         if not hasattr(model, "forward_intermediates"):
             raise ValueError(f"features_only=True: {model.model_name} ({type(model).__name__}) has no "

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 
 from ..checkpoint import MMZOO_KEY, model_metadata
+from ..preprocessing import data_config
 
 
 def param_groups_weight_decay(model: nn.Module, weight_decay: float,
@@ -243,7 +244,9 @@ class BaseTask(L.LightningModule):
 
     # -- checkpoints --------------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[MMZOO_KEY] = model_metadata(self.model)
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        # the preprocessing the model is trained with travels with it (mmzoo.preprocessing)
+        checkpoint[MMZOO_KEY] = model_metadata(self.model, data_config(dm) if dm is not None else None)
         checkpoint["rng"] = _rng_state()
         checkpoint["nonfinite_steps"] = self.nonfinite_steps
 
