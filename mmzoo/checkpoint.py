@@ -22,7 +22,9 @@ the task's ``model.`` prefix, ``optimizer_states``, ``loops``, ``callbacks`` ...
   (image size, mean/std, class names ...; :mod:`mmzoo.preprocessing`);
 * ``mmzoo_run``: the run's ``seed``, ``data`` config, ``world_size`` and ``accumulate_grad_batches``, compared
   with a resuming run's (:func:`run_config_differences`), beside the run's name and W&B id
-  (``mmzoo.run_info``).
+  (``mmzoo.run_info``);
+* ``mmzoo_task``: the task's class as ``"module.Class"``; with Lightning's ``hyper_parameters`` it rebuilds
+  the task without the run's config (:mod:`mmzoo.evaluation`).
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ PathLike = Union[str, os.PathLike]
 MMZOO_KEY = "mmzoo"  # checkpoint entry holding arch / model_name / config
 PRETRAINED_CFG_KEY = "pretrained_cfg"  # inside the mmzoo entry: the data config the model was trained with
 RUN_KEY = "mmzoo_run"  # checkpoint entry holding the run settings a resumed run is compared with
+TASK_KEY = "mmzoo_task"  # checkpoint entry: the task class ("module.Class") its ``hyper_parameters`` rebuild
 LIGHTNING_PREFIX = "model."  # a task's ``self.model`` parameters in a Lightning ``state_dict``
 LIGHTNING_VERSION_KEY = "pytorch-lightning_version"
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")  # what temp_path() names
@@ -667,7 +670,7 @@ def remove_stale_files(folder: PathLike, writers: Iterable[Any], resume: Optiona
 
 
 __all__ = [
-    "Checkpoint", "CheckpointError", "MMZOO_KEY", "PRETRAINED_CFG_KEY", "RUN_KEY", "LIGHTNING_PREFIX", "atomic_write", "atomic_write_bytes",
+    "Checkpoint", "CheckpointError", "MMZOO_KEY", "PRETRAINED_CFG_KEY", "RUN_KEY", "TASK_KEY", "LIGHTNING_PREFIX", "atomic_write", "atomic_write_bytes",
     "atomic_write_text", "save", "load", "describe_file", "is_safetensors", "read_checkpoint", "model_metadata",
     "add_lightning_prefix", "strip_lightning_prefix", "mmzoo_checkpoint", "check_weights_fit",
     "read_training_checkpoint", "run_record", "run_config_differences", "stale_files", "remove_stale_files",

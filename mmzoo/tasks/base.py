@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..checkpoint import MMZOO_KEY, model_metadata
+from ..checkpoint import MMZOO_KEY, TASK_KEY, model_metadata
 from ..preprocessing import data_config
 
 
@@ -247,6 +247,8 @@ class BaseTask(L.LightningModule):
         dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
         # the preprocessing the model is trained with travels with it (mmzoo.preprocessing)
         checkpoint[MMZOO_KEY] = model_metadata(self.model, data_config(dm) if dm is not None else None)
+        # with Lightning's hyper_parameters, the task is rebuilt from the file alone (mmzoo.evaluation)
+        checkpoint[TASK_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
         checkpoint["rng"] = _rng_state()
         checkpoint["nonfinite_steps"] = self.nonfinite_steps
 
