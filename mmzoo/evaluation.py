@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -30,6 +31,9 @@ from . import checkpoint as ckpt_lib
 log = logging.getLogger("mmzoo")
 
 SPLITS = ("test", "val")
+
+# as in mmzoo.training: BaseTask.on_after_batch_transfer only restores a resumed run's logger step
+warnings.filterwarnings("ignore", message=".*overridden `on_after_batch_transfer` in `LightningModule`.*")
 
 
 def read_eval_checkpoint(path: Any) -> dict[str, Any]:
