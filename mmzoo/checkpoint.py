@@ -23,8 +23,9 @@ the task's ``model.`` prefix, ``optimizer_states``, ``loops``, ``callbacks`` ...
 * ``mmzoo_run``: the run's ``seed``, ``data`` config, ``world_size`` and ``accumulate_grad_batches``, compared
   with a resuming run's (:func:`run_config_differences`), beside the run's name and W&B id
   (``mmzoo.run_info``);
-* ``mmzoo_task``: the task's class as ``"module.Class"``; with Lightning's ``hyper_parameters`` it rebuilds
-  the task without the run's config (:mod:`mmzoo.evaluation`).
+* ``mmzoo_task``: the task's ``class`` (``"module.Class"``) and the model's ``peft`` config (None without
+  adaptation); with Lightning's ``hyper_parameters`` they rebuild the task without the run's config
+  (:mod:`mmzoo.evaluation`).
 """
 from __future__ import annotations
 
@@ -49,7 +50,7 @@ PathLike = Union[str, os.PathLike]
 MMZOO_KEY = "mmzoo"  # checkpoint entry holding arch / model_name / config
 PRETRAINED_CFG_KEY = "pretrained_cfg"  # inside the mmzoo entry: the data config the model was trained with
 RUN_KEY = "mmzoo_run"  # checkpoint entry holding the run settings a resumed run is compared with
-TASK_KEY = "mmzoo_task"  # checkpoint entry: the task class ("module.Class") its ``hyper_parameters`` rebuild
+TASK_KEY = "mmzoo_task"  # checkpoint entry: the task "class" ("module.Class") and the model's "peft" config
 LIGHTNING_PREFIX = "model."  # a task's ``self.model`` parameters in a Lightning ``state_dict``
 LIGHTNING_VERSION_KEY = "pytorch-lightning_version"
 _TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.tmp-(?P<pid>\d+)$")  # what temp_path() names

@@ -3,7 +3,8 @@
 The checkpoint rebuilds everything it was trained with: the model from its ``mmzoo`` entry
 (:func:`mmzoo.create_model` with ``pretrained=CKPT``), the task from its class (``mmzoo_task``) and
 Lightning's ``hyper_parameters``, every task weight from its ``state_dict``, and, unless ``data=`` is given, the
-data module from the run's ``data`` config (``mmzoo_run``). ``trainer.test`` (``split=test``) or
+data module from the run's ``data`` config (``mmzoo_run``); an adapted model (``peft=lora`` ...) gets the same
+adaptation (``mmzoo_task.peft``). ``trainer.test`` (``split=test``) or
 ``trainer.validate`` (``split=val``) then runs with no logger and no checkpointing; the metrics go to
 ``RUN/metrics.json`` (``hydra.run.dir=RUN``, an atomic write) and are printed.
 
@@ -87,7 +88,7 @@ def task_class(obj: dict[str, Any], given: Optional[str], path: Any) -> type:
         given: a class path from the command line, or None.
         path: the checkpoint's path, for messages.
     """
-    name = given or obj.get(ckpt_lib.TASK_KEY)
+    name = given or (obj.get(ckpt_lib.TASK_KEY) or {}).get("class")
     if not name:
         raise ckpt_lib.CheckpointError(
             f"ckpt_path={path} does not name its task class (no '{ckpt_lib.TASK_KEY}' entry: written by an older "
@@ -101,18 +102,44 @@ def task_class(obj: dict[str, Any], given: Optional[str], path: Any) -> type:
     return cls
 
 
+def build_model(obj: dict[str, Any], path: Any) -> torch.nn.Module:
+    """The checkpoint's model: :func:`mmzoo.create_model` with ``pretrained=path``, or, for an adapted model
+    (LoRA, adapters, prompts ...: ``mmzoo_task.peft``), the base built from the checkpoint's config with the
+    same adaptation applied (its weights come with the task's ``state_dict``).
+
+    Args:
+        obj: the checkpoint (:func:`read_eval_checkpoint`).
+        path: the checkpoint file.
+    """
+    from .models import create_model
+
+    peft = (obj.get(ckpt_lib.TASK_KEY) or {}).get("peft")
+    if not peft or peft.get("method", "none") == "none":
+        return create_model(pretrained=path)
+    from .models._registry import build_model as build_from_config, config_from_checkpoint
+    from .peft import apply_peft
+    from .preprocessing import pretrained_cfg
+
+    ckpt = ckpt_lib.read_checkpoint(path)
+    model = build_from_config(config_from_checkpoint(ckpt))
+    model.model_name = ckpt.model_name
+    model.pretrained_cfg = pretrained_cfg(model, ckpt.pretrained_cfg)
+    apply_peft(model, peft)
+    log.info("model: %s with %s adaptation, from %s", ckpt.model_name, peft["method"], path)
+    return model
+
+
 def build_task(obj: dict[str, Any], path: Any, cls: type) -> L.LightningModule:
-    """The task as it was trained: model from the checkpoint, task from its ``hyper_parameters``, and every
-    task weight (heads, losses with parameters) loaded strictly from ``state_dict``.
+    """The task as it was trained: model from the checkpoint (:func:`build_model`), task from its
+    ``hyper_parameters``, and every task weight (heads, losses with parameters) loaded strictly from
+    ``state_dict``.
 
     Args:
         obj: the checkpoint (:func:`read_eval_checkpoint`).
         path: the checkpoint file.
         cls: the task class (:func:`task_class`).
     """
-    from .models import create_model
-
-    model = create_model(pretrained=path)
+    model = build_model(obj, path)
     hparams = dict(obj["hyper_parameters"])
     try:
         task = cls(model=model, **hparams)

@@ -89,6 +89,21 @@ def test_eval_other_data_and_val_split(trained, tmp_path):
     assert full["val/acc1"] == pytest.approx(train_metrics["val/acc1"], abs=1e-6)
 
 
+def test_eval_adapted_model(train_cfg, tmp_path):
+    """A LoRA run: the base is rebuilt with the same adaptation, and every weight loads strictly."""
+    cfg = train_cfg("model=vit", "model.name=vit_nano_patch4_32", "data=digits", "debug=fdr", "peft=lora",
+                    "task.lr=0.05", "task.warmup_steps=0")
+    train_metrics = train(cfg)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    obj = torch.load(last, map_location="cpu", weights_only=True)
+    assert obj[TASK_KEY]["peft"]["method"] == "lora"
+    lora_b = [v for k, v in obj["state_dict"].items() if k.endswith("lora_B")]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)  # trained: the adaptation changes the outputs
+    metrics = evaluate(eval_cfg(tmp_path / "eval", f"ckpt_path={last}", "+trainer.limit_test_batches=1"))
+    for key in ("test/acc1", "test/loss"):
+        assert metrics[key] == pytest.approx(train_metrics[key], abs=1e-6), key
+
+
 def test_eval_errors(trained, tmp_path):
     run, _ = trained
     last = run / "checkpoints" / "last.ckpt"

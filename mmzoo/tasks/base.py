@@ -248,7 +248,9 @@ class BaseTask(L.LightningModule):
         # the preprocessing the model is trained with travels with it (mmzoo.preprocessing)
         checkpoint[MMZOO_KEY] = model_metadata(self.model, data_config(dm) if dm is not None else None)
         # with Lightning's hyper_parameters, the task is rebuilt from the file alone (mmzoo.evaluation)
-        checkpoint[TASK_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+        peft = getattr(self.model, "peft_config", None)
+        checkpoint[TASK_KEY] = {"class": f"{type(self).__module__}.{type(self).__qualname__}",
+                                "peft": dict(peft) if isinstance(peft, dict) else None}
         checkpoint["rng"] = _rng_state()
         checkpoint["nonfinite_steps"] = self.nonfinite_steps
 
