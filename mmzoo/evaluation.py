@@ -179,7 +179,7 @@ def evaluate(cfg: DictConfig, overrides: Optional[Sequence[str]] = None) -> dict
     from .preprocessing import config_of
     from .zeroshot import apply_model_preprocessing, command_line_data_keys
 
-    if cfg.ckpt_path is None:
+    if not cfg.ckpt_path:  # None or an empty value (ckpt_path=$UNSET_VARIABLE)
         raise ValueError("pass ckpt_path=RUN/checkpoints/last.ckpt (a checkpoint written by train.py)")
     if cfg.split not in SPLITS:
         raise ValueError(f"split={cfg.split!r} is invalid; valid choices: {list(SPLITS)}")
