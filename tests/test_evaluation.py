@@ -128,3 +128,17 @@ def test_eval_errors(trained, tmp_path):
     with pytest.raises(ValueError, match="does not hold the data config of its run; pass data=NAME"):
         evaluate(cfg(old, "task_class=mmzoo.tasks.ClassificationTask"))
     assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_eval_contrastive_run(train_cfg, tmp_path):
+    """A CLIP run (contrastive task, captions tokenizer rebuilt from the run's data config): retrieval and
+    zero-shot metrics equal the run's own test metrics."""
+    cfg = train_cfg("model=clip", "model.name=clip_nano", "debug=fdr", "test_ckpt=last")
+    train_metrics = train(cfg)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    metrics = evaluate(eval_cfg(tmp_path / "eval", f"ckpt_path={last}", "+trainer.limit_test_batches=1"))
+    keys = [k for k in train_metrics if k.startswith("test/")]
+    assert "test/i2t_R@1" in keys and "test/zeroshot_top1" in keys
+    for key in keys:
+        assert metrics[key] == pytest.approx(train_metrics[key], abs=1e-6), key
