@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import netrc
 import os
@@ -9,6 +10,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 from lightning.pytorch.callbacks import Callback
+
+from .checkpoint import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +106,10 @@ class ContinueCSVHistory(Callback):
             if os.path.isfile(path):
                 with open(path, newline="") as f:
                     buffered = list(csv.DictReader(f))
-            tmp = f"{path}.tmp-{os.getpid()}"
-            with open(tmp, "w", newline="") as f:
-                out = csv.DictWriter(f, fieldnames=keys)
-                out.writeheader()
-                out.writerows(rows + buffered)
-            os.replace(tmp, path)
+            text = io.StringIO(newline="")
+            out = csv.DictWriter(text, fieldnames=keys)
+            out.writeheader()
+            out.writerows(rows + buffered)
+            atomic_write_text(path, text.getvalue())
             writer.metrics_keys = keys  # later saves append under this header
         self.history = {}

@@ -39,7 +39,6 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -47,6 +46,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from omegaconf import DictConfig, OmegaConf, open_dict
+
+from .checkpoint import atomic_write_text
 
 log = logging.getLogger("mmzoo")
 
@@ -193,9 +194,7 @@ def _is_rank_zero() -> bool:
 
 
 def _write_json(obj: dict[str, Any], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def _finish_wandb() -> None:

@@ -697,7 +697,7 @@ class VideoDecoder:
 
     def __call__(self, sample: dict, epoch: int):
         from .video import (clip_indices, clip_span, normalize, read_video, resize_short_side, three_crops,
-                            video_num_frames)
+                            train_augment, video_num_frames)
 
         label = decode_label(sample)
         ext, data = member(sample, VIDEO_EXTENSIONS, "video")
@@ -714,14 +714,7 @@ class VideoDecoder:
         if not self.train:
             frames = resize_short_side(frames, self.crop_size)
             return normalize(three_crops(frames, self.crop_size, 1)[0]).unsqueeze(0), label
-        lo, hi = self.train_scale
-        frames = resize_short_side(frames, rand(hi - lo + 1) + lo)
-        H, W = frames.shape[-2:]
-        y, x = rand(H - self.crop_size + 1), rand(W - self.crop_size + 1)
-        frames = frames[..., y:y + self.crop_size, x:x + self.crop_size]
-        if rand(2):
-            frames = frames.flip(-1)
-        return normalize(frames), label
+        return normalize(train_augment(frames, rand, self.train_scale, self.crop_size)), label
 
 
 class PointCloudDecoder:

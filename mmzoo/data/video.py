@@ -22,7 +22,7 @@ loaded (:mod:`mmzoo.data.bad_samples`); ``strict=True`` raises instead, naming t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -163,6 +163,24 @@ def three_crops(frames: torch.Tensor, size: int, num_crops: int) -> list[torch.T
             for o in offsets]
 
 
+def train_augment(frames: torch.Tensor, rand: Callable[[int], int], train_scale: tuple[int, int], crop_size: int) -> torch.Tensor:
+    """The training clip augmentation: resize the short side to a random size in ``train_scale``, a random
+    ``crop_size`` square crop, a random horizontal flip (draws from ``rand(high)``, an int in [0, high)).
+
+    Args:
+        frames: (C, T, H, W) float clip.
+        rand: the sample's seeded draw function.
+        train_scale: (low, high) short-side sizes.
+        crop_size: side of the crop.
+    """
+    lo, hi = train_scale
+    frames = resize_short_side(frames, rand(hi - lo + 1) + lo)
+    H, W = frames.shape[-2:]
+    y, x = rand(H - crop_size + 1), rand(W - crop_size + 1)
+    frames = frames[..., y:y + crop_size, x:x + crop_size]
+    return frames.flip(-1) if rand(2) else frames
+
+
 def normalize(frames: torch.Tensor) -> torch.Tensor:
     """float frames in [0, 255], (T, C, H, W) -> normalised (C, T, H, W)."""
     mean = torch.tensor(MEAN).view(1, 3, 1, 1) * 255
@@ -232,14 +250,7 @@ class VideoClipDataset(SkippingDataset):
             rand = lambda high: int(torch.randint(high, (), generator=g))
             start = rand(n - span + 1)
             frames = read_video(path, clip_indices(start, self.num_frames, self.sampling_rate)).float()
-            lo, hi = self.train_scale
-            frames = resize_short_side(frames, rand(hi - lo + 1) + lo)
-            H, W = frames.shape[-2:]
-            y, x = rand(H - self.crop_size + 1), rand(W - self.crop_size + 1)
-            frames = frames[..., y:y + self.crop_size, x:x + self.crop_size]
-            if rand(2):
-                frames = frames.flip(-1)
-            return normalize(frames), label
+            return normalize(train_augment(frames, rand, self.train_scale, self.crop_size)), label
         views = []
         for start in uniform_starts(n, span, self.eval_clips):
             frames = read_video(path, clip_indices(start, self.num_frames, self.sampling_rate)).float()
